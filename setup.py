@@ -1,0 +1,24 @@
+"""Build: the Python package, `kernels/` installed as `hpo_engine.kernels`, and `csrc/*.cpp` as `hpo_engine._C`."""
+import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+sources = sorted(glob.glob("csrc/*.cpp"))
+ext_modules = [
+    Pybind11Extension(
+        "hpo_engine._C",
+        sources,
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    )
+] if sources else []
+
+setup(
+    packages=find_packages(include=["hpo_engine", "hpo_engine.*"]) + ["hpo_engine.kernels"],
+    package_dir={"hpo_engine.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+)
