@@ -81,7 +81,7 @@ def policy_loss(
 
     cur = clean(logprobs)
     old, ref, gen = (clean(x.detach()) for x in (old_logprobs, ref_logprobs, gen_logprobs))
-    adv = advantages.detach().to(dtype)[:, None].expand_as(cur)
+    adv = clean(advantages.detach()[:, None].expand_as(logprobs))  # A_i on every token of sample i
 
     # PPO clip (+ optional dual clip) on token ratios
     ratio = torch.exp(cur - old)
