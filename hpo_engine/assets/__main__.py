@@ -1,0 +1,13 @@
+"""`python -m hpo_engine.assets smollm2`: build (or find) the offline model folders."""
+import sys
+
+from .smollm2 import smollm2_path
+
+BUILDERS = {"smollm2": smollm2_path}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(BUILDERS)
+    for name in names:
+        if name not in BUILDERS:
+            sys.exit(f"unknown asset {name!r}; known: {', '.join(BUILDERS)}")
+        print(BUILDERS[name]())

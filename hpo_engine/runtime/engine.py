@@ -1,0 +1,177 @@
+"""Engine and Stream: the public API of DESIGN.md.
+
+A stream is one dialogue. `append` only records tokens (validated at once, so a bad call changes
+nothing); the next `generate` computes them together with the first decode step, so an appended
+user turn and the start of the answer cost one forward. The token that ends a turn is itself
+pending and is computed with the next turn.
+"""
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hpo_engine.cache.block_pool import BlockPool
+from hpo_engine.cache.kv_cache import KVCache, num_blocks_for
+from hpo_engine.models.loader import load_model, load_tokenizer
+from hpo_engine.runtime.model_runner import ModelRunner
+from hpo_engine.runtime.sampling import SamplingParams, sample
+from hpo_engine.runtime.sequence import Sequence, token_keys
+
+
+class StreamClosedError(RuntimeError):
+    pass
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: list[int]         # the stop token that ended the turn included
+    logprobs: list[float]
+    finish_reason: str           # "stop" | "length"
+    text: str | None = None
+
+
+class Engine:
+    def __init__(self, model, tokenizer=None, *, block_size: int = 16, num_blocks: int | None = None,
+                 cache_memory: int | float | None = None, placeholder_token_id: int | None = None):
+        config = model.config
+        param = next(model.parameters())
+        if num_blocks is None:
+            num_blocks = num_blocks_for(config, block_size, param.dtype, param.device, cache_memory)
+        self.model, self.config, self.tokenizer = model, config, tokenizer
+        self.placeholder_token_id = placeholder_token_id
+        self.pool = BlockPool(num_blocks, block_size)
+        self.kv = KVCache(config, num_blocks, block_size, param.dtype, param.device)
+        self.runner = ModelRunner(model, self.pool, self.kv, placeholder_token_id)
+        self.streams: dict[int, "Stream"] = {}
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype=torch.float32, *, block_size: int = 16,
+                        num_blocks: int | None = None, cache_memory: int | float | None = None,
+                        placeholder_token_id: int | None = None) -> "Engine":
+        """Open a Hugging Face model folder (config.json + safetensors [+ tokenizer files])."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model folder {path} does not exist")
+        model = load_model(path, device=device, dtype=dtype)
+        return cls(model, load_tokenizer(path), block_size=block_size, num_blocks=num_blocks,
+                   cache_memory=cache_memory, placeholder_token_id=placeholder_token_id)
+
+    def open_stream(self) -> "Stream":
+        stream = Stream(self, Sequence(next(self._ids)))
+        self.streams[stream.seq.seq_id] = stream
+        return stream
+
+    def generate_many(self, requests: list[tuple["Stream", SamplingParams]]) -> list[GenerationOutput]:
+        """One assistant turn for each listed stream, batched together; outputs in request order."""
+        if len({id(s) for s, _ in requests}) != len(requests):
+            raise ValueError("a stream may appear only once in generate_many")
+        for stream, _ in requests:
+            stream._check_open()
+            if stream.seq.num_pending == 0:
+                raise ValueError(f"stream {stream.seq.seq_id} has nothing to answer: append a turn first")
+        outs = [GenerationOutput([], [], "length") for _ in requests]
+        generators = [self._generator(p) for _, p in requests]
+        active = list(range(len(requests)))
+        while active:
+            params = [requests[i][1] for i in active]
+            logits = self.runner.run([requests[i][0].seq for i in active])
+            tokens, logprobs = sample(logits, params, [generators[i] for i in active])
+            still = []
+            for i, tok, lp in zip(active, tokens.tolist(), logprobs.tolist()):
+                stream, p = requests[i]
+                out = outs[i]
+                out.token_ids.append(tok)
+                out.logprobs.append(lp)
+                stream.seq.pending_ids.append(tok)
+                stream.seq.pending_keys += token_keys([tok], None, None)
+                stops = self.config.eos_token_ids if p.stop_token_ids is None else p.stop_token_ids
+                if tok in stops:
+                    out.finish_reason = "stop"
+                elif len(out.token_ids) < p.max_new_tokens:
+                    still.append(i)
+            active = still
+        for (stream, _), out in zip(requests, outs):
+            stream.seq.num_turns += 1
+            stream.seq.num_generated += len(out.token_ids)
+            if self.tokenizer is not None:
+                out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        return outs
+
+    def _generator(self, params: SamplingParams) -> torch.Generator | None:
+        if params.temperature == 0:
+            return None
+        g = torch.Generator(device=self.kv.layers[0][0].device)
+        if params.seed is None:
+            g.seed()
+        else:
+            g.manual_seed(params.seed)
+        return g
+
+    def reset_prefix_cache(self) -> None:
+        self.pool.reset_prefix_cache()
+
+
+class Stream:
+    """One dialogue through the engine's paged cache."""
+
+    def __init__(self, engine: Engine, seq: Sequence):
+        self.engine, self.seq = engine, seq
+
+    @property
+    def num_cached_tokens(self) -> int:
+        return self.seq.num_cached
+
+    @property
+    def next_position(self) -> int:
+        return self.seq.next_position
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.seq.block_table)
+
+    def _check_open(self):
+        if self.seq.closed:
+            raise StreamClosedError(f"stream {self.seq.seq_id} is closed")
+
+    def append(self, token_ids, embeds: torch.Tensor | None = None) -> None:
+        """Queue tokens; `embeds` [n, hidden] fill the n placeholder positions among them, in order."""
+        self._check_open()
+        engine = self.engine
+        token_ids = [int(t) for t in (token_ids.tolist() if torch.is_tensor(token_ids) else token_ids)]
+        if not token_ids:
+            raise ValueError("append needs at least one token id")
+        bad = [t for t in token_ids if not 0 <= t < engine.config.vocab_size]
+        if bad:
+            raise ValueError(f"token id(s) {bad[:5]} outside the vocabulary [0, {engine.config.vocab_size})")
+        ph = engine.placeholder_token_id
+        n_ph = sum(t == ph for t in token_ids) if ph is not None else 0
+        if embeds is not None:
+            if ph is None:
+                raise ValueError("embeds given but the engine has no placeholder_token_id")
+            if embeds.ndim != 2 or embeds.shape[1] != engine.config.hidden_size:
+                raise ValueError(f"embeds must be [n, {engine.config.hidden_size}], got {tuple(embeds.shape)}")
+            if embeds.shape[0] != n_ph:
+                raise ValueError(f"{embeds.shape[0]} embedding rows for {n_ph} placeholder tokens")
+            if not torch.isfinite(embeds).all():
+                raise ValueError("embeds contain NaN or infinity")
+        elif n_ph:
+            raise ValueError(f"{n_ph} placeholder tokens but no embeds")
+        self.seq.pending_ids += token_ids
+        self.seq.pending_keys += token_keys(token_ids, ph, embeds)
+        if embeds is not None and n_ph:
+            self.seq.pending_embeds.append(embeds.detach())
+
+    def generate(self, params: SamplingParams | None = None) -> GenerationOutput:
+        return self.engine.generate_many([(self, params or SamplingParams())])[0]
+
+    def close(self) -> None:
+        """Free every block the stream holds; further use raises StreamClosedError."""
+        if self.seq.closed:
+            return
+        self.engine.pool.free_all(self.seq.block_table)
+        self.seq.block_table = []
+        self.seq.pending_ids, self.seq.pending_embeds, self.seq.pending_keys = [], [], []
+        self.seq.closed = True
+        self.engine.streams.pop(self.seq.seq_id, None)
