@@ -1,11 +1,63 @@
 """Paged KV-cache kernels: `store_kv` and `paged_attention` (contract in DESIGN.md).
 
-Dispatch: CUDA tensors -> Triton; CPU tensors -> the fastest correct CPU path.
-`HPO_ATTN_BACKEND=triton|torch|cpp` forces one.
+Dispatch: CUDA tensors -> Triton; CPU tensors -> the C++ path (csrc/attention_cpu.cpp) where it
+supports the dtype / head_dim, else torch ops (gather + SDPA). `HPO_ATTN_BACKEND=triton|torch|cpp`
+forces one (read per call); triton on CPU needs `TRITON_INTERPRET=1` set before this package first
+launches a Triton kernel. A forced `cpp` falls back to torch when the extension lacks it.
 """
+import os
+
+from . import cpu_paged_attention as _cpu
 from .reference import paged_attention_ref, store_kv_ref
+from .torch_paged_attention import paged_attention_torch, store_kv_torch
 
-store_kv = store_kv_ref
-paged_attention = paged_attention_ref
+BACKENDS = ("triton", "torch", "cpp")
 
-__all__ = ["store_kv", "paged_attention", "store_kv_ref", "paged_attention_ref"]
+
+def _forced_backend():
+    name = os.environ.get("HPO_ATTN_BACKEND", "").strip().lower()
+    if name and name not in BACKENDS:
+        raise ValueError(f"HPO_ATTN_BACKEND={name!r}: expected one of {BACKENDS}")
+    return name
+
+
+def _triton_kernels():
+    """Imported on first use: triton decides interpreter vs compiler when the kernels are defined."""
+    from .triton_paged_attention import paged_attention_triton
+    from .triton_store_kv import store_kv_triton
+    return paged_attention_triton, store_kv_triton
+
+
+def attention_backend(q, k_cache):
+    """The backend `paged_attention` would use for these tensors."""
+    name = _forced_backend()
+    if name == "triton" or (not name and q.is_cuda):
+        return "triton"
+    if name in ("", "cpp") and _cpu.supports_attention(q, k_cache):
+        return "cpp"
+    return "torch"
+
+
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None):
+    """q [T, Hq, D] packed new tokens -> [T, Hq, D] (see DESIGN.md for the full contract)."""
+    backend = attention_backend(q, k_cache)
+    if backend == "cpp":
+        return _cpu.paged_attention_cpp(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
+    if backend == "triton":
+        return _triton_kernels()[0](q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
+    return paged_attention_torch(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
+
+
+def store_kv(key, value, k_cache, v_cache, slot_mapping):
+    """key/value [T, Hkv, D] -> k_cache/v_cache slots (slot -1 skipped). Returns None."""
+    name = _forced_backend()
+    if name == "triton" or (not name and key.is_cuda):
+        return _triton_kernels()[1](key, value, k_cache, v_cache, slot_mapping)
+    if name in ("", "cpp") and _cpu.AVAILABLE and key.device.type == "cpu" and key.dtype == k_cache.dtype \
+            and k_cache.is_contiguous() and v_cache.is_contiguous():
+        return _cpu.store_kv_cpp(key, value, k_cache, v_cache, slot_mapping)
+    return store_kv_torch(key, value, k_cache, v_cache, slot_mapping)
+
+
+__all__ = ["store_kv", "paged_attention", "store_kv_ref", "paged_attention_ref", "attention_backend",
+           "paged_attention_torch", "store_kv_torch", "BACKENDS"]

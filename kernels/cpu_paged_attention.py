@@ -1,0 +1,74 @@
+"""C++ CPU path (csrc/attention_cpu.cpp, OpenMP + AVX-512) behind the kernels contract.
+
+Reference: `reference.paged_attention_ref` / `reference.store_kv_ref`. Shapes as in DESIGN.md;
+the wrapper validates dtype / contiguity / device and hands raw pointers to `hpo_engine._C`.
+Supported: float32 and bfloat16, head_dim in {64, 80, 96, 128, 256}; `supports_*` say when to
+fall back to the torch path. Threads: torch.get_num_threads() (one OpenMP runtime: the extension
+links libgomp.so.1, which torch has already loaded).
+"""
+import torch
+
+try:
+    from hpo_engine import _C
+except ImportError:  # extension not built
+    _C = None
+
+_ATTN = getattr(_C, "paged_attention_cpu", None)
+_STORE = getattr(_C, "store_kv_cpu", None)
+AVAILABLE = _ATTN is not None and _STORE is not None
+_DTYPES = (torch.float32, torch.bfloat16)
+_HEAD_DIMS = (64, 80, 96, 128, 256)
+
+
+def supports_attention(q, k_cache):
+    return (_ATTN is not None and q.device.type == "cpu" and q.dtype in _DTYPES and k_cache.dtype == q.dtype
+            and q.shape[-1] in _HEAD_DIMS and q.shape[1] // k_cache.shape[2] <= 64)
+
+
+def paged_attention_cpp(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None):
+    """C++ paged attention (contract in DESIGN.md)."""
+    T, num_q_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    if not supports_attention(q, k_cache):
+        raise ValueError(f"cpp backend: unsupported q {q.dtype} {tuple(q.shape)} on {q.device} / cache {k_cache.dtype}")
+    if v_cache.dtype != q.dtype or v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
+        raise ValueError("cpp backend: k_cache and v_cache must share dtype, shape and strides")
+    if k_cache.stride(3) != 1 or q.stride(2) != 1 or num_q_heads % num_kv_heads:
+        raise ValueError("cpp backend: last dims must be contiguous and Hq % Hkv == 0")
+    for name, t in (("block_table", block_table), ("seq_lens", seq_lens), ("cu_seqlens_q", cu_seqlens_q)):
+        if t.dtype != torch.int32 or t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError(f"cpp backend: {name} must be a contiguous int32 CPU tensor")
+    num_seqs = block_table.shape[0]
+    if seq_lens.shape[0] != num_seqs or cu_seqlens_q.shape[0] != num_seqs + 1:
+        raise ValueError("cpp backend: seq_lens must be [B] and cu_seqlens_q [B+1] for block_table [B, max_blocks]")
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1:
+        raise ValueError("cpp backend: out must match q (shape, dtype, contiguous last dim)")
+    if T == 0:
+        return out
+    _ATTN(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), block_table.data_ptr(),
+          seq_lens.data_ptr(), cu_seqlens_q.data_ptr(), num_seqs, num_q_heads, num_kv_heads, head_dim,
+          block_size, block_table.shape[1], q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+          k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+          head_dim ** -0.5 if scale is None else float(scale), q.dtype == torch.bfloat16,
+          torch.get_num_threads())
+    return out
+
+
+def store_kv_cpp(key, value, k_cache, v_cache, slot_mapping):
+    """C++ store_kv (contract in DESIGN.md): byte copies, so key and cache must share the dtype."""
+    if (key.device.type != "cpu" or key.dtype != k_cache.dtype or value.dtype != v_cache.dtype
+            or k_cache.dtype != v_cache.dtype or not k_cache.is_contiguous() or not v_cache.is_contiguous()
+            or key.shape != value.shape or key.shape[1:] != k_cache.shape[2:] or v_cache.shape != k_cache.shape):
+        raise ValueError("cpp store_kv: key/value [T, Hkv, D] of the cache's dtype, contiguous CPU caches")
+    if key[0:1].stride(1) != key.shape[2] or value[0:1].stride(1) != value.shape[2] or key.stride(2) != 1 \
+            or value.stride(2) != 1:
+        key, value = key.contiguous(), value.contiguous()  # rows must be Hkv * D contiguous elements
+    slots = slot_mapping if slot_mapping.dtype == torch.int64 and slot_mapping.is_contiguous() \
+        else slot_mapping.to(torch.int64).contiguous()
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    elem = key.element_size()
+    _STORE(key.data_ptr(), value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(),
+           key.shape[0], key.stride(0), value.stride(0), k_cache.stride(1) * elem,
+           num_kv_heads * head_dim * elem, elem, num_blocks * block_size)
