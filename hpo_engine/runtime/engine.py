@@ -166,6 +166,22 @@ class Stream:
     def generate(self, params: SamplingParams | None = None) -> GenerationOutput:
         return self.engine.generate_many([(self, params or SamplingParams())])[0]
 
+    def fork(self) -> "Stream":
+        """A new stream with this one's dialogue, sharing its blocks (the partial last block is
+        copied when either side writes into it)."""
+        self._check_open()
+        src = self.seq
+        for block in src.block_table:
+            self.engine.pool.incref(block)
+        child = self.engine.open_stream()
+        child.seq.block_table = list(src.block_table)
+        child.seq.num_cached, child.seq.next_position = src.num_cached, src.next_position
+        child.seq.pending_ids, child.seq.pending_keys = list(src.pending_ids), list(src.pending_keys)
+        child.seq.pending_embeds = list(src.pending_embeds)
+        child.seq.block_hashes, child.seq.partial_keys = list(src.block_hashes), list(src.partial_keys)
+        child.seq.num_turns = src.num_turns
+        return child
+
     def close(self) -> None:
         """Free every block the stream holds; further use raises StreamClosedError."""
         if self.seq.closed:

@@ -1,0 +1,75 @@
+"""`hpo-engine` command line."""
+import sys
+import time
+
+import click
+import torch
+
+
+def resolve_model(path):
+    """--model, or the embedded default (SmolLM2-135M-Instruct built offline from its package)."""
+    if path:
+        return path
+    from hpo_engine.assets.smollm2 import smollm2_path
+    return smollm2_path()
+
+
+def chatml_turn(tokenizer, text, system=None):
+    """Token ids of one ChatML user turn (the system turn first when given) and the assistant header.
+    The previous assistant turn's <|im_end|> is already in the dialogue, hence the leading newline."""
+    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else "\n"
+    return tokenizer.encode(f"{head}<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n",
+                            add_special_tokens=False)
+
+
+@click.group()
+def main():
+    """hpo-engine: serve and post-train LLM-based simultaneous speech translation."""
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@click.option("--model", "model_path", type=click.Path(), help="Hugging Face model folder (default: SmolLM2-135M-Instruct).")
+@click.option("--system", default="You are a helpful assistant.", show_default=True)
+@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--top-k", default=0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--interactive", "-i", is_flag=True, help="Chat turn after turn on one stream (its KV cache is reused).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+def generate(prompt, model_path, system, max_new_tokens, temperature, top_p, top_k, seed, interactive, dtype):
+    """Generate a reply to PROMPT (or chat with --interactive)."""
+    from hpo_engine import Engine, SamplingParams
+    if not prompt and not interactive:
+        raise click.UsageError("give a PROMPT or --interactive")
+    path = resolve_model(model_path)
+    engine = Engine.from_pretrained(path, dtype=getattr(torch, dtype))
+    if engine.tokenizer is None:
+        raise click.ClickException(f"{path} has no tokenizer files; the text CLI needs one")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            top_k=top_k, seed=seed)
+    stream = engine.open_stream()
+    first = True
+    while True:
+        if interactive:
+            try:
+                prompt = input("> ").strip()
+            except EOFError:
+                break
+            if not prompt:
+                continue
+        stream.append(chatml_turn(engine.tokenizer, prompt, system if first else None))
+        first = False
+        start = time.perf_counter()
+        out = stream.generate(params)
+        seconds = time.perf_counter() - start
+        click.echo(out.text)
+        click.echo(f"[{len(out.token_ids)} tokens in {seconds:.2f} s, {stream.num_cached_tokens} cached]", err=True)
+        if not interactive:
+            break
+    stream.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
