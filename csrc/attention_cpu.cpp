@@ -35,6 +35,7 @@ typedef uint16_t vh16 __attribute__((vector_size(32)));
 constexpr int kLanes = 16;
 constexpr int kChunk = 32;              // keys per softmax chunk
 constexpr int kMaxRowsPerItem = 64;     // query tokens x group heads in one item
+constexpr int kTransposeRows = 8;       // from this many rows on, scores go through K^T
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNoMax = -1.0e30f;      // finite start of the running max: masked rows stay NaN-free
 
@@ -107,7 +108,68 @@ struct RowState {            // per-thread scratch, sized for kMaxRowsPerItem ro
     float* m;                // [rows] running max (log2 domain)
     float* l;                // [rows] running sum
     float* p;                // [rows, kChunk] scores, then probabilities
+    float* kt;               // [D, kChunk] transposed key chunk
 };
+
+// Scores of a key chunk, one dot product per (row, key): cheapest for the few rows of decode.
+template <typename E, int D>
+HPO_INLINE void scores_rowwise(const RowState& st, const E* kp, int64_t slot_stride, int n, int rows) {
+    constexpr int NV = D / kLanes;
+    for (int r = 0; r < rows; ++r) {
+        vf16 qr[NV];
+        for (int i = 0; i < NV; ++i) qr[i] = load16(st.q + r * D + i * kLanes);
+        float* s = st.p + r * kChunk;
+        for (int jj = 0; jj < n; ++jj) {
+            const E* kr = kp + jj * slot_stride;
+            vf16 dot = qr[0] * load16(kr);
+            for (int i = 1; i < NV; ++i) dot += qr[i] * load16(kr + i * kLanes);
+            s[jj] = hsum(dot);
+        }
+    }
+}
+
+// Scores via K^T: the chunk is transposed once to [D, kChunk], then every row is 2 x D broadcast
+// FMAs with no horizontal sums, 4 rows at a time (chunk extension and prefill).
+template <typename E, int D>
+HPO_INLINE void scores_transposed(const RowState& st, const E* kp, int64_t slot_stride, int n, int rows) {
+    constexpr int NV = D / kLanes;
+    static_assert(kChunk == 2 * kLanes, "two score vectors per row");
+    float* kt = st.kt;
+    for (int jj = 0; jj < n; ++jj)
+        for (int i = 0; i < NV; ++i) {
+            const vf16 kv = load16(kp + jj * slot_stride + i * kLanes);
+            for (int lane = 0; lane < kLanes; ++lane) kt[(i * kLanes + lane) * kChunk + jj] = kv[lane];
+        }
+    for (int jj = n; jj < kChunk; ++jj)
+        for (int d = 0; d < D; ++d) kt[d * kChunk + jj] = 0.f;
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        vf16 lo[4] = {}, hi[4] = {};
+        const float* q0 = st.q + r * D;
+        for (int d = 0; d < D; ++d) {
+            const vf16 k_lo = load16(kt + d * kChunk), k_hi = load16(kt + d * kChunk + kLanes);
+            for (int u = 0; u < 4; ++u) {
+                const float qd = q0[u * D + d];
+                lo[u] += qd * k_lo;
+                hi[u] += qd * k_hi;
+            }
+        }
+        for (int u = 0; u < 4; ++u) {
+            store16(st.p + (r + u) * kChunk, lo[u]);
+            store16(st.p + (r + u) * kChunk + kLanes, hi[u]);
+        }
+    }
+    for (; r < rows; ++r) {
+        vf16 lo = {}, hi = {};
+        for (int d = 0; d < D; ++d) {
+            const float qd = st.q[r * D + d];
+            lo += qd * load16(kt + d * kChunk);
+            hi += qd * load16(kt + d * kChunk + kLanes);
+        }
+        store16(st.p + r * kChunk, lo);
+        store16(st.p + r * kChunk + kLanes, hi);
+    }
+}
 
 template <typename E, int D>
 HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const RowState& st, float* partial) {
@@ -141,21 +203,18 @@ HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const Ro
         const E* kp = k_cache + base;
         const E* vp = v_cache + base;
 
-        // scores, masked (causal) to -inf, then online-softmax update of each row
+        if (rows >= kTransposeRows) {
+            scores_transposed<E, D>(st, kp, a.kv_stride_slot, n, rows);
+        } else {
+            scores_rowwise<E, D>(st, kp, a.kv_stride_slot, n, rows);
+        }
+        // mask (causal) to -inf, then online-softmax update of each row
         for (int r = 0; r < rows; ++r) {
             float* s = st.p + r * kChunk;
             const int64_t visible = context + w.q_first + r / group + 1 - j0;  // keys j0 + jj < limit
             const int nv = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(n, visible)));
-            vf16 qr[NV];
-            for (int i = 0; i < NV; ++i) qr[i] = load16(st.q + r * D + i * kLanes);
             float row_max = kNoMax;
-            for (int jj = 0; jj < nv; ++jj) {
-                const E* kr = kp + jj * a.kv_stride_slot;
-                vf16 dot = qr[0] * load16(kr);
-                for (int i = 1; i < NV; ++i) dot += qr[i] * load16(kr + i * kLanes);
-                s[jj] = hsum(dot);
-                row_max = std::max(row_max, s[jj]);
-            }
+            for (int jj = 0; jj < nv; ++jj) row_max = std::max(row_max, s[jj]);
             for (int jj = nv; jj < kChunk; ++jj) s[jj] = -INFINITY;
             const float m_new = std::max(st.m[r], row_max);
             const float alpha = std::exp2(st.m[r] - m_new);
@@ -329,10 +388,11 @@ void paged_attention_cpu(const PagedArgs& a, bool bf16, int num_threads) {
     auto run = [&](int64_t begin, int64_t step) {
         // per-thread scratch, reused across calls (sized for the largest head_dim)
         thread_local std::vector<float> scratch;
-        const size_t need = kMaxRowsPerItem * (2 * 256 + 2 + kChunk);
+        const size_t need = kMaxRowsPerItem * (2 * 256 + 2 + kChunk) + 256 * kChunk + 16;
         if (scratch.size() < need) scratch.resize(need);
-        RowState st{scratch.data(), scratch.data() + kMaxRowsPerItem * 256, scratch.data() + kMaxRowsPerItem * 512,
-                    scratch.data() + kMaxRowsPerItem * 513, scratch.data() + kMaxRowsPerItem * 514};
+        float* base = scratch.data();
+        RowState st{base, base + kMaxRowsPerItem * 256, base + kMaxRowsPerItem * 512, base + kMaxRowsPerItem * 513,
+                    base + kMaxRowsPerItem * 514, base + kMaxRowsPerItem * (514 + kChunk)};
         for (int64_t i = begin; i < n_items; i += step) {
             const WorkItem& w = plan.items[i];
             float* partial = w.partial < 0 ? nullptr : partials.data() + static_cast<int64_t>(w.partial) * (D + 2);

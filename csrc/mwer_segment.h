@@ -1,0 +1,16 @@
+// mWER resegmentation DP (Matusov et al. 2005, the mwerSegmenter `-usecase 1` algorithm
+// as implemented by MWERAlign / mweralign with unit costs and no tokenization penalty).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace hpo {
+
+// ref_ids: concatenation of every reference sentence's token ids, each sentence followed by
+// `marker`; token ids must be != 0 and != marker. hyp_ids: the hypothesis token ids.
+// Returns, for each of the S sentences, the hypothesis position (exclusive) where it ends:
+// sentence s holds hyp tokens [ends[s-1], ends[s]) with ends[-1] = 0 and ends[S-1] = J.
+std::vector<int64_t> mwer_segment_ends(const std::vector<int32_t>& ref_ids,
+                                       const std::vector<int32_t>& hyp_ids, int32_t marker);
+
+}  // namespace hpo

@@ -1,0 +1,91 @@
+"""`hpo-engine score shortform|longform`: quality and latency of SimulEval logs."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Dict
+
+import click
+
+from .instances import MetricsInputError
+from .units import LATENCY_UNITS
+
+
+def _emit(scores: Dict[str, float], as_json: bool) -> None:
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}
+    if as_json:
+        click.echo(json.dumps(clean))
+        return
+    width = max(len(k) for k in clean) if clean else 0
+    for key, value in clean.items():
+        click.echo(f"{key:<{width}}  {'n/a' if value is None else f'{value:.4f}'}")
+
+
+def _run(fn, **kwargs) -> Dict[str, float]:
+    try:
+        return fn(**kwargs)
+    except (MetricsInputError, FileNotFoundError, ValueError, RuntimeError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.group(name="score")
+def score() -> None:
+    """Score simultaneous translation logs (quality and latency)."""
+
+
+@score.command()
+@click.option("--hypothesis", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="SimulEval instances.log (one JSON object per sentence).")
+@click.option("--references", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="One reference per line (default: each log line's 'reference').")
+@click.option("--latency-unit", type=click.Choice(LATENCY_UNITS), default="word", show_default=True)
+@click.option("--lang", default=None, help="Target language; picks the BLEU tokenizer (zh, ja-mecab, 13a).")
+@click.option("--bleu-tokenizer", default=None, help="sacrebleu tokenizer (overrides --lang).")
+@click.option("--no-use-ref-len", is_flag=True, help="SimulEval: use the hypothesis length, not the reference's.")
+@click.option("--fix-elapsed", is_flag=True, help="OmniSTEval's elapsed repair for YAAL_CA.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def shortform(hypothesis, references, latency_unit, lang, bleu_tokenizer, no_use_ref_len,
+              fix_elapsed, as_json):
+    """Sentence-level log: BLEU, chrF, TER, AL, LAAL, DAL, AP (+_CA), YAAL (+_CA)."""
+    from .quality import default_bleu_tokenizer
+    from .scoring import score_shortform
+
+    scores = _run(score_shortform, hypothesis=hypothesis, references=references, unit=latency_unit,
+                  bleu_tokenizer=bleu_tokenizer or default_bleu_tokenizer(lang),
+                  use_ref_len=not no_use_ref_len, fix_elapsed=fix_elapsed)
+    _emit(scores, as_json)
+
+
+@score.command()
+@click.option("--hypothesis", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="SimulEval instances.log (one JSON object per recording, with 'source').")
+@click.option("--references", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="One reference sentence per line, in segmentation order.")
+@click.option("--segmentation", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="YAML list of {wav, offset, duration} (s), one per reference sentence.")
+@click.option("--lang", required=True, help="Target language (BLEU tokenizer, Moses for soft).")
+@click.option("--segmenter", type=click.Choice(["mwer", "soft"]), default="mwer", show_default=True,
+              help="mwer: StreamLAAL; soft: OmniSTEval's SoftSegmenter and LongYAAL.")
+@click.option("--latency-unit", type=click.Choice(LATENCY_UNITS), default=None,
+              help="Default: char for zh/ja, word otherwise.")
+@click.option("--bleu-tokenizer", default=None, help="sacrebleu tokenizer (default from --lang).")
+@click.option("--no-moses", is_flag=True, help="soft: align untokenized words (OmniSTEval without --lang).")
+@click.option("--fix-elapsed", is_flag=True, help="soft: OmniSTEval's --fix_simuleval_emission_ca.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def longform(hypothesis, references, segmentation, lang, segmenter, latency_unit, bleu_tokenizer,
+             no_moses, fix_elapsed, as_json):
+    """Long-form log: resegment into reference sentences, then BLEU, chrF, TER and
+    StreamLAAL(_CA) (mwer) or LongYAAL(_CA) (soft)."""
+    from .reward import is_char_language
+    from .scoring import score_longform
+
+    unit = latency_unit or ("char" if is_char_language(lang) else "word")
+    scores = _run(score_longform, hypothesis=hypothesis, references=references,
+                  segmentation=segmentation, lang=lang, segmenter=segmenter, unit=unit,
+                  bleu_tokenizer=bleu_tokenizer, moses=not no_moses, fix_elapsed=fix_elapsed)
+    _emit(scores, as_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    score(sys.argv[1:])

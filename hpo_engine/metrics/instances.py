@@ -1,0 +1,149 @@
+"""Reading SimulEval `instances.log` (JSONL), reference files and segmentation YAML, with clear
+errors (file and line number) for malformed input."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import yaml
+
+
+class MetricsInputError(ValueError):
+    """Malformed or inconsistent scoring input; the message names the file and line."""
+
+
+@dataclass
+class LogInstance:
+    """One line of a SimulEval log. Times (delays, elapsed, source_length) in ms."""
+
+    index: int
+    prediction: str
+    delays: Optional[List[float]]
+    elapsed: Optional[List[float]]
+    source_length: Optional[float]
+    reference: Optional[str]
+    source: Optional[str]
+    line_number: int
+
+
+def _number_list(value, key: str, where: str) -> List[float]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    ):
+        raise MetricsInputError(f"{where}: field {key!r} must be a list of finite numbers")
+    return value
+
+
+def _parse_line(text: str, line_number: int, path: str, position: int) -> LogInstance:
+    where = f"{path} line {line_number}"
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MetricsInputError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(info, dict):
+        raise MetricsInputError(f"{where}: expected a JSON object, got {type(info).__name__}")
+    if "prediction" not in info:
+        raise MetricsInputError(f"{where}: missing field 'prediction'")
+    if not isinstance(info["prediction"], str):
+        raise MetricsInputError(f"{where}: field 'prediction' must be a string")
+    delays = _number_list(info["delays"], "delays", where) if info.get("delays") is not None else None
+    elapsed = (
+        _number_list(info["elapsed"], "elapsed", where) if info.get("elapsed") is not None else None
+    )
+    if delays is not None and elapsed and len(elapsed) != len(delays):
+        raise MetricsInputError(
+            f"{where}: {len(elapsed)} elapsed values but {len(delays)} delays"
+        )
+    source_length = info.get("source_length")
+    if source_length is not None and (
+        not isinstance(source_length, (int, float)) or isinstance(source_length, bool)
+    ):
+        raise MetricsInputError(f"{where}: field 'source_length' must be a number")
+    reference = info.get("reference")
+    if reference is not None and not isinstance(reference, str):
+        raise MetricsInputError(f"{where}: field 'reference' must be a string")
+    source = info.get("source")
+    if isinstance(source, list):
+        source = source[0] if source else None
+    if source is not None and not isinstance(source, str):
+        raise MetricsInputError(f"{where}: field 'source' must be a string or a list of strings")
+    index = info.get("index", position)
+    return LogInstance(index, info["prediction"], delays, elapsed, source_length, reference, source,
+                       line_number)
+
+
+def read_instances_log(path: Union[str, Path]) -> List[LogInstance]:
+    """Parse a SimulEval instances.log (one JSON object per line; blank lines ignored)."""
+    path = str(path)
+    instances: List[LogInstance] = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            if line.strip():
+                instances.append(_parse_line(line, line_number, path, len(instances)))
+    if not instances:
+        raise MetricsInputError(f"{path}: no instances (the log is empty)")
+    return instances
+
+
+def read_references(path: Union[str, Path]) -> List[str]:
+    """One reference sentence per line (surrounding whitespace stripped, as the tools do)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f]
+
+
+def attach_references(
+    instances: Sequence[LogInstance], references: Optional[Sequence[str]], log_path: str
+) -> List[str]:
+    """The reference of each instance: from `references` (counts must match) or, failing
+    that, from each log line's `reference` field (every line must have one)."""
+    if references is not None:
+        if len(references) != len(instances):
+            raise MetricsInputError(
+                f"{len(references)} references but {len(instances)} hypothesis lines in {log_path}"
+            )
+        return list(references)
+    missing = [ins.line_number for ins in instances if ins.reference is None]
+    if missing:
+        raise MetricsInputError(
+            f"{log_path} line {missing[0]}: missing field 'reference' (and no --references given)"
+        )
+    return [ins.reference for ins in instances]
+
+
+@dataclass
+class SegmentDefinition:
+    """One reference sentence's audio span. offset / duration in seconds, as in the YAML."""
+
+    wav: str
+    offset: float
+    duration: float
+
+
+def read_segmentation(path: Union[str, Path]) -> List[SegmentDefinition]:
+    """MuST-C / IWSLT segmentation YAML: a list of {wav, offset, duration} per reference line."""
+    path = str(path)
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError as err:
+            raise MetricsInputError(f"{path}: invalid YAML ({err})") from None
+    if not isinstance(data, list):
+        raise MetricsInputError(f"{path}: expected a list of segments")
+    segments = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise MetricsInputError(f"{path}: segment {i} is not a mapping")
+        for key in ("wav", "offset", "duration"):
+            if key not in entry:
+                raise MetricsInputError(f"{path}: segment {i} is missing field {key!r}")
+        segments.append(SegmentDefinition(str(entry["wav"]), entry["offset"], entry["duration"]))
+    return segments
+
+
+def recording_name(path: str) -> str:
+    """The key a log's `source` and a segmentation's `wav` are matched on: the base name."""
+    return os.path.basename(path)

@@ -1,0 +1,100 @@
+"""Whole evaluations behind `hpo-engine score`: short-form (one log line per sentence) and
+long-form (one log line per recording, resegmented into reference sentences).
+
+Keys follow the tools: BLEU, chrF, TER (sacrebleu); AL, LAAL, DAL, AP and *_CA (SimulEval);
+YAAL, YAAL_CA, LongYAAL, LongYAAL_CA (OmniSTEval); StreamLAAL, StreamLAAL_CA (StreamLAAL script).
+Latencies in ms (the log's unit).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .instances import (MetricsInputError, attach_references, read_instances_log,
+                        read_references, read_segmentation)
+from .omnisteval_longform import long_yaal, repair_elapsed, resegment_soft
+from .quality import corpus_quality, default_bleu_tokenizer
+from .simuleval_latency import LATENCY_METRICS, corpus_latency
+from .streamlaal import resegment_mwer, stream_laal
+from .units import check_unit, reference_length
+from .yaal import corpus_yaal, yaal
+
+
+@dataclass
+class _Scored:
+    delays: Optional[List[float]]
+    elapsed: Optional[List[float]]
+    source_length: Optional[float]
+    reference: Optional[str]
+
+
+def score_shortform(hypothesis: str, references: Optional[str] = None, unit: str = "word",
+                    bleu_tokenizer: str = "13a", use_ref_len: bool = True,
+                    fix_elapsed: bool = False) -> Dict[str, float]:
+    """Quality and latency of a sentence-level SimulEval log.
+
+    fix_elapsed applies OmniSTEval's elapsed repair to YAAL_CA only (SimulEval's *_CA use the
+    raw elapsed, as SimulEval does)."""
+    check_unit(unit)
+    log = read_instances_log(hypothesis)
+    refs = attach_references(log, None if references is None else read_references(references),
+                             hypothesis)
+    scores = corpus_quality([i.prediction for i in log], refs, bleu_tokenizer)
+    scored = []
+    for ins, ref in zip(log, refs):
+        if ins.delays and ins.source_length is None:
+            raise MetricsInputError(f"{hypothesis} line {ins.line_number}: missing field 'source_length'")
+        scored.append(_Scored(ins.delays, ins.elapsed, ins.source_length, ref))
+    if not any(s.delays for s in scored):
+        return scores
+    for metric in LATENCY_METRICS:
+        scores[metric] = corpus_latency(metric, scored, unit, False, use_ref_len)
+    has_elapsed = any(s.elapsed for s in scored)
+    if has_elapsed:
+        for metric in LATENCY_METRICS:
+            scores[metric + "_CA"] = corpus_latency(metric, scored, unit, True, use_ref_len)
+    scores["YAAL"] = corpus_yaal(
+        yaal(s.delays, s.source_length, reference_length(s.reference, unit)) for s in scored if s.delays)
+    if has_elapsed:
+        ca = []
+        for s in scored:
+            if not s.elapsed:
+                continue
+            em = repair_elapsed(s.delays, s.elapsed) if fix_elapsed and s.delays else s.elapsed
+            ca.append(yaal(em, s.source_length, reference_length(s.reference, unit)))
+        scores["YAAL_CA"] = corpus_yaal(ca)
+    return scores
+
+
+def score_longform(hypothesis: str, references: str, segmentation: str, lang: str,
+                   segmenter: str = "mwer", unit: str = "word",
+                   bleu_tokenizer: Optional[str] = None, moses: bool = True,
+                   fix_elapsed: bool = False) -> Dict[str, float]:
+    """Quality and latency of a long-form log (one line per recording).
+
+    mwer: the StreamLAAL script's resegmentation and StreamLAAL(_CA); soft: OmniSTEval's
+    SoftSegmenter (Moses-tokenized unless `moses` is False or lang is zh/ja) and LongYAAL(_CA)."""
+    check_unit(unit)
+    tokenizer = bleu_tokenizer or default_bleu_tokenizer(lang)
+    log = read_instances_log(hypothesis)
+    refs = read_references(references)
+    segments = read_segmentation(segmentation)
+    if segmenter == "mwer":
+        sentences = resegment_mwer(log, refs, segments, unit, hypothesis)
+        scores = corpus_quality([s.prediction for s in sentences], [s.reference for s in sentences],
+                                tokenizer)
+        scores["StreamLAAL"] = stream_laal(sentences, unit)
+        if all(ins.elapsed for ins in log if ins.delays):
+            scores["StreamLAAL_CA"] = stream_laal(sentences, unit, computation_aware=True)
+        return scores
+    if segmenter == "soft":
+        sentences = resegment_soft(log, refs, segments, unit, lang if moses else None,
+                                   fix_elapsed, hypothesis)
+        scores = corpus_quality([s.prediction for s in sentences], [s.reference for s in sentences],
+                                tokenizer)
+        if any(s.emission_cu for s in sentences):
+            scores["LongYAAL"] = long_yaal(sentences, unit)
+        if any(s.emission_ca for s in sentences):
+            scores["LongYAAL_CA"] = long_yaal(sentences, unit, computation_aware=True)
+        return scores
+    raise ValueError(f"unknown segmenter {segmenter!r}; expected 'mwer' or 'soft'")
