@@ -7,7 +7,7 @@ import torch
 import hpo_engine.kernels as K
 from hpo_engine.kernels import cpu_paged_attention as cpu
 from hpo_engine.kernels.reference import paged_attention_ref, store_kv_ref
-from kernel_cases import MIXED, paged_batch, rel_err, tolerance
+from test_kernels_helpers import MIXED, paged_batch, rel_err, tolerance
 
 BACKENDS = ["torch"] + (["cpp"] if cpu.AVAILABLE else [])
 ATTN = {"torch": K.paged_attention_torch, "cpp": cpu.paged_attention_cpp}

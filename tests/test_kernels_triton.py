@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hpo_engine.kernels.reference import paged_attention_ref, store_kv_ref
-from kernel_cases import MIXED, paged_batch, rel_err, tolerance
+from test_kernels_helpers import MIXED, paged_batch, rel_err, tolerance
 
 pytest.importorskip("triton")
 IN_CHILD = os.environ.get("_HPO_TRITON_CHILD") == "1"

@@ -1,4 +1,4 @@
-"""Shared builders for the kernel tests: fresh random paged batches and the error metric."""
+"""Shared builders for the kernel tests (no tests here): fresh random paged batches, the error metric."""
 import torch
 
 MIXED = [(1, 1328), (5, 18), (129, 463), (14, 14)]   # (new tokens, KV length incl. them) per sequence
