@@ -14,7 +14,7 @@ from .instances import LogInstance, MetricsInputError, SegmentDefinition
 from .mwer import mwer_segment
 from .recordings import group_recordings
 from .simuleval_latency import length_adaptive_average_lagging
-from .units import reference_length
+from .units import prediction_units, reference_length
 
 
 @dataclass
@@ -75,6 +75,11 @@ def resegment_mwer(
         ins = rec.log
         if ins.delays is None:
             raise MetricsInputError(f"{log_path} line {ins.line_number}: missing field 'delays'")
+        n_units = len(prediction_units(ins.prediction, unit))
+        if n_units != len(ins.delays):
+            raise MetricsInputError(
+                f"{log_path} line {ins.line_number}: {n_units} {unit}s in the prediction but "
+                f"{len(ins.delays)} delays")
         elapsed = ins.elapsed if ins.elapsed else ins.delays
         refs = [references[i] for i in rec.sentence_indices]
         pieces = mwer_segment(ins.prediction, refs, char_level=(unit == "char"))

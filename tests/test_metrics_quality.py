@@ -1,0 +1,52 @@
+"""BLEU / chrF / TER through sacrebleu, with the tokenizers that matter."""
+import random
+
+import pytest
+import sacrebleu
+
+from hpo_engine.metrics.quality import (corpus_bleu, corpus_chrf, corpus_quality, corpus_ter,
+                                        default_bleu_tokenizer, sentence_bleu, sentence_chrf)
+
+EN = ["The house is green.", "It's 3.5 km away, isn't it?", "Hello -- world!", "",
+      "Numbers like 1,000.50 stay."]
+HYP_EN = ["the house is green", "It is 3.5 km away, isn't it ?", "Hello world!", "extra", "Numbers stay."]
+ZH = ["我们在两个数据集上训练了模型。", "结果表明，这个方法有效！", "谢谢。"]
+HYP_ZH = ["我们在两个数据集训练了模型。", "结果表明这个方法很有效！", "谢谢"]
+JA = ["今日は良い天気ですね。", "私は学生です。", "ありがとうございました。"]
+HYP_JA = ["今日はいい天気です。", "私は学生だ。", "ありがとう。"]
+
+
+@pytest.mark.parametrize("hyps, refs, tok", [
+    (HYP_EN, EN, "13a"), (HYP_ZH, ZH, "zh"), (HYP_ZH, ZH, "char"), (HYP_JA, JA, "ja-mecab"),
+])
+def test_corpus_scores_equal_sacrebleu(hyps, refs, tok):
+    if tok == "ja-mecab":
+        pytest.importorskip("MeCab")
+        pytest.importorskip("ipadic")
+    assert corpus_bleu(hyps, refs, tok) == sacrebleu.BLEU(tokenize=tok).corpus_score(hyps, [refs]).score
+    assert corpus_chrf(hyps, refs) == sacrebleu.CHRF().corpus_score(hyps, [refs]).score
+    assert corpus_ter(hyps, refs) == sacrebleu.TER().corpus_score(hyps, [refs]).score
+    assert 0 < corpus_bleu(hyps, refs, tok) < 100
+
+
+def test_random_sentences_and_sentence_level():
+    rng = random.Random(0)
+    vocab = "a b c d e f . , ! the of and".split()
+    refs = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 20))) for _ in range(50)]
+    hyps = [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 20))) for _ in range(50)]
+    assert corpus_bleu(hyps, refs) == sacrebleu.corpus_bleu(hyps, [refs]).score
+    expected = [sacrebleu.BLEU(effective_order=True).sentence_score(h, [r]).score for h, r in zip(hyps, refs)]
+    assert sentence_bleu(hyps, refs) == expected
+    assert sentence_chrf(hyps, refs) == [sacrebleu.CHRF().sentence_score(h, [r]).score
+                                         for h, r in zip(hyps, refs)]
+    assert corpus_bleu(refs, refs) == pytest.approx(100.0)
+
+
+def test_tokenizer_choice_and_count_check():
+    assert default_bleu_tokenizer("zh") == "zh"
+    assert default_bleu_tokenizer("ja") == "ja-mecab"
+    assert default_bleu_tokenizer("de") == "13a"
+    assert default_bleu_tokenizer(None) == "13a"
+    assert set(corpus_quality(HYP_EN, EN)) == {"BLEU", "chrF", "TER"}
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        corpus_bleu(["a", "b"], ["a"])
