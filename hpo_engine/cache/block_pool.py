@@ -48,9 +48,7 @@ class BlockPool:
         if not self.free_blocks:
             return None
         block, _ = self.free_blocks.popitem(last=False)
-        old = self.block_hash.pop(block, None)     # its cached content is about to be overwritten
-        if old is not None:
-            del self.hash_to_block[old]
+        self.forget(block)                         # its cached content is about to be overwritten
         self.ref_count[block] = 1
         return block
 
@@ -97,6 +95,12 @@ class BlockPool:
             return
         self.hash_to_block[block_hash] = block
         self.block_hash[block] = block_hash
+
+    def forget(self, block: int) -> None:
+        """The block's content is about to change: it no longer serves prefix hits."""
+        old = self.block_hash.pop(block, None)
+        if old is not None:
+            del self.hash_to_block[old]
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix (needed after a weight update: old KV no longer matches)."""

@@ -32,6 +32,7 @@ def num_blocks_for(config, block_size, dtype, device, cache_memory=None) -> int:
 class KVCache:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype, device):
         shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        self.device = torch.device(device)
         self.layers = [(torch.zeros(shape, dtype=dtype, device=device),
                         torch.zeros(shape, dtype=dtype, device=device)) for _ in range(config.num_layers)]
 

@@ -16,6 +16,7 @@ from hpo_engine.cache.kv_cache import KVCache, num_blocks_for
 from hpo_engine.models.loader import load_model, load_tokenizer
 from hpo_engine.runtime.model_runner import ModelRunner
 from hpo_engine.runtime.sampling import SamplingParams, sample
+from hpo_engine.runtime.scheduler import Scheduler, SchedulerConfig
 from hpo_engine.runtime.sequence import Sequence, token_keys
 
 
@@ -33,7 +34,9 @@ class GenerationOutput:
 
 class Engine:
     def __init__(self, model, tokenizer=None, *, block_size: int = 16, num_blocks: int | None = None,
-                 cache_memory: int | float | None = None, placeholder_token_id: int | None = None):
+                 cache_memory: int | float | None = None, placeholder_token_id: int | None = None,
+                 max_cache_tokens: int | None = None, max_num_batched_tokens: int = 2048,
+                 max_num_seqs: int = 256):
         config = model.config
         param = next(model.parameters())
         if num_blocks is None:
@@ -43,20 +46,24 @@ class Engine:
         self.pool = BlockPool(num_blocks, block_size)
         self.kv = KVCache(config, num_blocks, block_size, param.dtype, param.device)
         self.runner = ModelRunner(model, self.pool, self.kv, placeholder_token_id)
+        if max_cache_tokens is not None and not 0 < max_cache_tokens < config.max_position_embeddings:
+            raise ValueError(f"max_cache_tokens must be in (0, {config.max_position_embeddings}), got {max_cache_tokens}")
+        self.scheduler = Scheduler(self.runner, SchedulerConfig(max_num_batched_tokens, max_num_seqs,
+                                                                max_cache_tokens),
+                                   config.max_position_embeddings)
         self.streams: dict[int, "Stream"] = {}
         self._ids = itertools.count()
 
     @classmethod
-    def from_pretrained(cls, path, device="cpu", dtype=torch.float32, *, block_size: int = 16,
-                        num_blocks: int | None = None, cache_memory: int | float | None = None,
-                        placeholder_token_id: int | None = None) -> "Engine":
-        """Open a Hugging Face model folder (config.json + safetensors [+ tokenizer files])."""
+    def from_pretrained(cls, path, device="cpu", dtype=torch.float32, **options) -> "Engine":
+        """Open a Hugging Face model folder (config.json + safetensors [+ tokenizer files]).
+        `options`: block_size, num_blocks or cache_memory, placeholder_token_id, max_cache_tokens,
+        max_num_batched_tokens, max_num_seqs."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model folder {path} does not exist")
         model = load_model(path, device=device, dtype=dtype)
-        return cls(model, load_tokenizer(path), block_size=block_size, num_blocks=num_blocks,
-                   cache_memory=cache_memory, placeholder_token_id=placeholder_token_id)
+        return cls(model, load_tokenizer(path), **options)
 
     def open_stream(self) -> "Stream":
         stream = Stream(self, Sequence(next(self._ids)))
@@ -73,31 +80,40 @@ class Engine:
                 raise ValueError(f"stream {stream.seq.seq_id} has nothing to answer: append a turn first")
         outs = [GenerationOutput([], [], "length") for _ in requests]
         generators = [self._generator(p) for _, p in requests]
-        active = list(range(len(requests)))
+        index = {id(stream.seq): i for i, (stream, _) in enumerate(requests)}
+        active = [stream.seq for stream, _ in requests]
         while active:
-            params = [requests[i][1] for i in active]
-            logits = self.runner.run([requests[i][0].seq for i in active])
-            tokens, logprobs = sample(logits, params, [generators[i] for i in active])
-            still = []
-            for i, tok, lp in zip(active, tokens.tolist(), logprobs.tolist()):
-                stream, p = requests[i]
-                out = outs[i]
-                out.token_ids.append(tok)
-                out.logprobs.append(lp)
-                stream.seq.pending_ids.append(tok)
-                stream.seq.pending_keys += token_keys([tok], None, None)
-                stops = self.config.eos_token_ids if p.stop_token_ids is None else p.stop_token_ids
-                if tok in stops:
-                    out.finish_reason = "stop"
-                elif len(out.token_ids) < p.max_new_tokens:
-                    still.append(i)
-            active = still
+            batch = self.scheduler.schedule(active)
+            logits = self.runner.run(batch)
+            active = self._postprocess(batch, logits, active, requests, index, outs, generators)
         for (stream, _), out in zip(requests, outs):
+            stream.seq.in_turn = False
             stream.seq.num_turns += 1
             stream.seq.num_generated += len(out.token_ids)
             if self.tokenizer is not None:
                 out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
         return outs
+
+    def _postprocess(self, batch, logits, active, requests, index, outs, generators):
+        """Sample for the sequences whose pending tokens are all computed; return those still active."""
+        ready = [(row, index[id(seq)]) for row, (seq, _) in enumerate(batch) if seq.num_pending == 0]
+        done = set()
+        if ready:
+            rows = torch.tensor([row for row, _ in ready], device=logits.device)
+            tokens, logprobs = sample(logits[rows], [requests[i][1] for _, i in ready],
+                                      [generators[i] for _, i in ready])
+            for (_, i), tok, lp in zip(ready, tokens.tolist(), logprobs.tolist()):
+                seq, p, out = requests[i][0].seq, requests[i][1], outs[i]
+                out.token_ids.append(tok)
+                out.logprobs.append(lp)
+                seq.push([tok], token_keys([tok], None, None), [False])
+                stops = self.config.eos_token_ids if p.stop_token_ids is None else p.stop_token_ids
+                if tok in stops:
+                    out.finish_reason = "stop"
+                    done.add(i)
+                elif len(out.token_ids) == p.max_new_tokens:
+                    done.add(i)
+        return [seq for seq in active if index[id(seq)] not in done]
 
     def _generator(self, params: SamplingParams) -> torch.Generator | None:
         if params.temperature == 0:
@@ -135,9 +151,12 @@ class Stream:
         if self.seq.closed:
             raise StreamClosedError(f"stream {self.seq.seq_id} is closed")
 
-    def append(self, token_ids, embeds: torch.Tensor | None = None) -> None:
-        """Queue tokens; `embeds` [n, hidden] fill the n placeholder positions among them, in order."""
+    def append(self, token_ids, embeds: torch.Tensor | None = None, sink: bool = False) -> None:
+        """Queue tokens; `embeds` [n, hidden] fill the n placeholder positions among them, in order.
+        `sink=True` marks them as the attention sink (the system prompt): never evicted; only the
+        dialogue's first tokens can be the sink."""
         self._check_open()
+        seq = self.seq
         engine = self.engine
         token_ids = [int(t) for t in (token_ids.tolist() if torch.is_tensor(token_ids) else token_ids)]
         if not token_ids:
@@ -158,10 +177,16 @@ class Stream:
                 raise ValueError("embeds contain NaN or infinity")
         elif n_ph:
             raise ValueError(f"{n_ph} placeholder tokens but no embeds")
-        self.seq.pending_ids += token_ids
-        self.seq.pending_keys += token_keys(token_ids, ph, embeds)
+        if sink and seq.num_sink != seq.num_cached + seq.num_pending:
+            raise ValueError("sink tokens must come first in the dialogue")
+        if not seq.in_turn:                      # the first append after a generate opens a turn
+            seq.turn_starts.append(seq.num_cached + seq.num_pending)
+            seq.in_turn = True
+        seq.num_sink += len(token_ids) if sink else 0
+        seq.push(token_ids, token_keys(token_ids, ph, embeds),
+                 [embeds is not None and t == ph for t in token_ids])
         if embeds is not None and n_ph:
-            self.seq.pending_embeds.append(embeds.detach())
+            seq.pending_embeds.append(embeds.detach())
 
     def generate(self, params: SamplingParams | None = None) -> GenerationOutput:
         return self.engine.generate_many([(self, params or SamplingParams())])[0]
@@ -176,10 +201,11 @@ class Stream:
         child = self.engine.open_stream()
         child.seq.block_table = list(src.block_table)
         child.seq.num_cached, child.seq.next_position = src.num_cached, src.next_position
-        child.seq.pending_ids, child.seq.pending_keys = list(src.pending_ids), list(src.pending_keys)
+        child.seq.push(list(src.pending_ids), list(src.pending_keys), list(src.pending_is_speech))
         child.seq.pending_embeds = list(src.pending_embeds)
         child.seq.block_hashes, child.seq.partial_keys = list(src.block_hashes), list(src.partial_keys)
-        child.seq.num_turns = src.num_turns
+        child.seq.num_turns, child.seq.num_sink, child.seq.in_turn = src.num_turns, src.num_sink, src.in_turn
+        child.seq.turn_starts = list(src.turn_starts)
         return child
 
     def close(self) -> None:
@@ -188,6 +214,6 @@ class Stream:
             return
         self.engine.pool.free_all(self.seq.block_table)
         self.seq.block_table = []
-        self.seq.pending_ids, self.seq.pending_embeds, self.seq.pending_keys = [], [], []
+        self.seq.pop_front(self.seq.num_pending)
         self.seq.closed = True
         self.engine.streams.pop(self.seq.seq_id, None)
