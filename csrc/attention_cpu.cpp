@@ -75,6 +75,43 @@ HPO_INLINE void store16(uint16_t* p, vf16 x) {
     vh16 h = __builtin_convertvector(u, vh16);
     std::memcpy(p, &h, sizeof(h));
 }
+#ifndef HPO_PF
+#define HPO_PF 2
+#endif
+constexpr int kPrefetchKeys = 6;        // K rows fetched this many keys ahead
+
+// While the scores walk the keys: V of the same key (used after the softmax) and K a few keys ahead,
+// into the next chunk (another page) near the end of this one.
+struct KeyPrefetch {
+    const void* v;
+    const void* next_k;
+    int64_t stride;
+    int n, next_n;
+    template <typename E, int D>
+    HPO_INLINE void at(const E* k, int jj) const {
+#if HPO_PF == 2
+        constexpr int kLineElems = 64 / sizeof(E);
+        const E* vr = static_cast<const E*>(v) + jj * stride;
+        const int ahead = jj + kPrefetchKeys;
+        const E* kr = ahead < n ? k + ahead * stride
+                    : (ahead - n < next_n ? static_cast<const E*>(next_k) + (ahead - n) * stride : nullptr);
+        for (int i = 0; i < D; i += kLineElems) {
+            __builtin_prefetch(vr + i, 0, 3);
+            if (kr) __builtin_prefetch(kr + i, 0, 3);
+        }
+        if (jj == 0)   // the first keys of the chunk: their K rows were not covered by the previous chunk
+            for (int j = 1; j < std::min(kPrefetchKeys, n); ++j)
+                for (int i = 0; i < D; i += kLineElems) __builtin_prefetch(k + j * stride + i, 0, 3);
+#endif
+    }
+};
+
+template <typename E, int D>
+HPO_INLINE void prefetch_rows(const E* p, int64_t stride, int n) {
+    constexpr int kLineElems = 64 / sizeof(E);
+    for (int j = 0; j < n; ++j)
+        for (int i = 0; i < D; i += kLineElems) __builtin_prefetch(p + j * stride + i, 0, 3);
+}
 HPO_INLINE float hsum(vf16 x) {
     float s = 0.f;
     for (int i = 0; i < kLanes; ++i) s += x[i];
@@ -113,13 +150,15 @@ struct RowState {            // per-thread scratch, sized for kMaxRowsPerItem ro
 
 // Scores of a key chunk, one dot product per (row, key): cheapest for the few rows of decode.
 template <typename E, int D>
-HPO_INLINE void scores_rowwise(const RowState& st, const E* kp, int64_t slot_stride, int n, int rows) {
+HPO_INLINE void scores_rowwise(const RowState& st, const E* kp, int64_t slot_stride, int n, int rows,
+                               const KeyPrefetch& pf) {
     constexpr int NV = D / kLanes;
     for (int r = 0; r < rows; ++r) {
         vf16 qr[NV];
         for (int i = 0; i < NV; ++i) qr[i] = load16(st.q + r * D + i * kLanes);
         float* s = st.p + r * kChunk;
         for (int jj = 0; jj < n; ++jj) {
+            if (r == 0) pf.at<E, D>(kp, jj);
             const E* kr = kp + jj * slot_stride;
             vf16 dot = qr[0] * load16(kr);
             for (int i = 1; i < NV; ++i) dot += qr[i] * load16(kr + i * kLanes);
@@ -131,12 +170,14 @@ HPO_INLINE void scores_rowwise(const RowState& st, const E* kp, int64_t slot_str
 // Scores via K^T: the chunk is transposed once to [D, kChunk], then every row is 2 x D broadcast
 // FMAs with no horizontal sums, 4 rows at a time (chunk extension and prefill).
 template <typename E, int D>
-HPO_INLINE void scores_transposed(const RowState& st, const E* kp, int64_t slot_stride, int n, int rows) {
+HPO_INLINE void scores_transposed(const RowState& st, const E* kp, int64_t slot_stride, int n, int rows,
+                                  const KeyPrefetch& pf) {
     constexpr int NV = D / kLanes;
     static_assert(kChunk == 2 * kLanes, "two score vectors per row");
     float* kt = st.kt;
     for (int jj = 0; jj < n; ++jj)
         for (int i = 0; i < NV; ++i) {
+            if (i == 0) pf.at<E, D>(kp, jj);
             const vf16 kv = load16(kp + jj * slot_stride + i * kLanes);
             for (int lane = 0; lane < kLanes; ++lane) kt[(i * kLanes + lane) * kChunk + jj] = kv[lane];
         }
@@ -202,11 +243,26 @@ HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const Ro
                              + w.kv_head * a.kv_stride_head;
         const E* kp = k_cache + base;
         const E* vp = v_cache + base;
+        // Every key row of one head sits on its own 4 KB page for Hkv * D * 4 >= 4 KB (and pages of the
+        // cache are scattered), so hardware prefetchers do not help: prefetch by hand.
+        const E* next_kp = nullptr;
+        int next_n = 0;
+        if (j0 + n < w.kv_end) {
+            const int64_t nj = j0 + n;
+            next_kp = k_cache + pages[nj / a.block_size] * a.kv_stride_block
+                      + (nj % a.block_size) * a.kv_stride_slot + w.kv_head * a.kv_stride_head;
+            next_n = static_cast<int>(std::min<int64_t>({w.kv_end - nj, a.block_size - nj % a.block_size, kChunk}));
+        }
+#if HPO_PF == 1
+        prefetch_rows<E, D>(vp, a.kv_stride_slot, n);
+        if (next_kp) prefetch_rows<E, D>(next_kp, a.kv_stride_slot, next_n);
+#endif
+        const KeyPrefetch pf{vp, next_kp, a.kv_stride_slot, n, next_n};
 
         if (rows >= kTransposeRows) {
-            scores_transposed<E, D>(st, kp, a.kv_stride_slot, n, rows);
+            scores_transposed<E, D>(st, kp, a.kv_stride_slot, n, rows, pf);
         } else {
-            scores_rowwise<E, D>(st, kp, a.kv_stride_slot, n, rows);
+            scores_rowwise<E, D>(st, kp, a.kv_stride_slot, n, rows, pf);
         }
         // mask (causal) to -inf, then online-softmax update of each row
         for (int r = 0; r < rows; ++r) {

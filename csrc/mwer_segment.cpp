@@ -1,75 +1,103 @@
-// mWER segmentation DP. One Levenshtein column over the concatenated references (with a
-// segment marker after each sentence) per hypothesis token, so the working memory is linear in
-// the reference length; the backtrace needs one boundary pointer per (hyp token, sentence).
-// Tie-breaking, the cost of the first column and the marker handling follow MWERAlign exactly,
-// because the chosen boundaries (and hence every StreamLAAL number) depend on them.
+// mWER segmentation DP over the concatenated references (a segment marker after each sentence)
+// and the hypothesis. Each cell depends only on its up / left / diagonal neighbours, so the DP is
+// swept by anti-diagonals: the cells of one anti-diagonal are independent and the loop vectorises
+// (AVX2 when the CPU has it). Working memory is three anti-diagonals (linear in the reference
+// length); the backtrace needs one boundary pointer per (sentence, hypothesis token).
+// Tie-breaking, the first row / column and the marker rows follow MWERAlign exactly, because the
+// chosen boundaries (and hence every StreamLAAL number) depend on them.
 #include "mwer_segment.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace hpo {
 
 namespace {
-struct Cell {
-    uint32_t cost;
-    uint32_t bp;  // hypothesis position at which the path last crossed a segment marker
-};
+
+// Interior cells i = lo..hi of anti-diagonal d (column j = d - i). Arrays are indexed by the
+// reference row i: *1 is diagonal d-1, *2 is d-2, *0 is written. hyp_rev[hyp_offset + i] is the
+// hypothesis token of column j. Marker rows get a (wrong) ordinary value here; the caller
+// overwrites them. MWERAlign's choice: a substitution must be strictly cheaper than a deletion,
+// a deletion wins ties with an insertion.
+#define HPO_MWER_DIAGONAL_BODY                                                          \
+    for (size_t i = lo; i <= hi; ++i) {                                                 \
+        const uint32_t del = c1[i - 1] + 1, ins = c1[i] + 1;                            \
+        const uint32_t sub = c2[i - 1] + (ref[i - 1] != hyp_rev[hyp_offset + i] ? 1u : 0u); \
+        const bool s_lt_d = sub < del, s_lt_i = sub < ins, d_le_i = del <= ins;         \
+        c0[i] = s_lt_d ? (s_lt_i ? sub : ins) : (d_le_i ? del : ins);                   \
+        b0[i] = s_lt_d ? (s_lt_i ? b2[i - 1] : b1[i]) : (d_le_i ? b1[i - 1] : b1[i]);   \
+    }
+
+#define HPO_MWER_DIAGONAL_ARGS                                                            \
+    uint32_t *__restrict c0, uint32_t *__restrict b0, const uint32_t *__restrict c1,      \
+        const uint32_t *__restrict b1, const uint32_t *__restrict c2,                     \
+        const uint32_t *__restrict b2, const int32_t *__restrict ref,                     \
+        const int32_t *__restrict hyp_rev, size_t hyp_offset, size_t lo, size_t hi
+
+__attribute__((target("avx2"))) void diagonal_avx2(HPO_MWER_DIAGONAL_ARGS) { HPO_MWER_DIAGONAL_BODY }
+void diagonal_generic(HPO_MWER_DIAGONAL_ARGS) { HPO_MWER_DIAGONAL_BODY }
+
 }  // namespace
 
 std::vector<int64_t> mwer_segment_ends(const std::vector<int32_t>& ref_ids,
-                                       const std::vector<int32_t>& hyp_ids, int32_t marker) {
+                                       const std::vector<int32_t>& hyp_ids, int32_t marker,
+                                       bool allow_simd) {
     const size_t I = ref_ids.size();
     const size_t J = hyp_ids.size();
-    size_t S = 0;
-    for (int32_t r : ref_ids) S += (r == marker);
     if (I == 0 || ref_ids.back() != marker)
         throw std::invalid_argument("reference ids must end with the segment marker");
+    std::vector<uint32_t> marker_rows;  // rows i (1-based) holding a marker, ascending
+    for (size_t i = 1; i <= I; ++i)
+        if (ref_ids[i - 1] == marker) marker_rows.push_back(static_cast<uint32_t>(i));
+    const size_t S = marker_rows.size();
     std::vector<int64_t> ends(S, 0);
     if (J == 0) return ends;
+    for (int32_t h : hyp_ids)
+        if (h == marker) throw std::invalid_argument("hypothesis ids must not use the marker id");
 
-    // m[i]: column j-1 for rows >= i, column j for rows < i-1 (rolling single column).
-    std::vector<Cell> m(I + 1);
-    for (size_t i = 0; i <= I; ++i) m[i] = Cell{static_cast<uint32_t>(i), 0};
-    // boundary pointers BP[j][s] (s = 1..S), row j = 0 stays 0 (MWERAlign pre-sizes it).
-    std::vector<uint32_t> bp_table((J + 1) * S, 0);
+    std::vector<int32_t> hyp_rev(J);
+    for (size_t k = 0; k < J; ++k) hyp_rev[k] = hyp_ids[J - 1 - k];
+    // boundary pointers BP[j][s] stored as [s][j]; j = 0 stays 0 (as MWERAlign pre-sizes it)
+    std::vector<uint32_t> boundary((J + 1) * S, 0);
+    std::vector<uint32_t> cost_buf[3], bp_buf[3];
+    for (int k = 0; k < 3; ++k) {
+        cost_buf[k].assign(I + 1, 0);
+        bp_buf[k].assign(I + 1, 0);
+    }
+    uint32_t *c0 = cost_buf[0].data(), *c1 = cost_buf[1].data(), *c2 = cost_buf[2].data();
+    uint32_t *b0 = bp_buf[0].data(), *b1 = bp_buf[1].data(), *b2 = bp_buf[2].data();
+    const bool avx2 = allow_simd && __builtin_cpu_supports("avx2");
 
-    for (size_t j = 1; j <= J; ++j) {
-        const int32_t h = hyp_ids[j - 1];
-        m[0] = Cell{static_cast<uint32_t>(j - 1), 0};
-        Cell cur{static_cast<uint32_t>(j), 0};
-        uint32_t* bp_row = bp_table.data() + j * S;
-        size_t s = 0;
-        for (size_t i = 1; i <= I; ++i) {
-            const int32_t r = ref_ids[i - 1];
-            if (r == marker) {
-                // segment end: the marker row copies the row above at no cost
-                m[i - 1] = cur;
-                bp_row[s++] = cur.bp;
-                cur.bp = static_cast<uint32_t>(j);
-                continue;
+    for (size_t d = 1; d <= I + J; ++d) {  // c1/b1 hold diagonal 0 (the cell (0,0) = 0) first
+        if (d <= J) c0[0] = static_cast<uint32_t>(d), b0[0] = 0;  // row 0: cost j
+        if (d <= I) c0[d] = static_cast<uint32_t>(d), b0[d] = 0;  // column 0: cost i (markers too)
+        const size_t lo = d > J ? d - J : 1;
+        const size_t hi = std::min(I, d - 1);
+        if (lo <= hi) {
+            const size_t offset = J - d;  // unsigned wrap-around is undone by i >= d - J
+            if (avx2)
+                diagonal_avx2(c0, b0, c1, b1, c2, b2, ref_ids.data(), hyp_rev.data(), offset, lo, hi);
+            else
+                diagonal_generic(c0, b0, c1, b1, c2, b2, ref_ids.data(), hyp_rev.data(), offset, lo, hi);
+            // marker rows: copy the cell above at no cost, record and restart the boundary pointer
+            auto it = std::lower_bound(marker_rows.begin(), marker_rows.end(), static_cast<uint32_t>(lo));
+            for (; it != marker_rows.end() && *it <= hi; ++it) {
+                const size_t i = *it, j = d - i;
+                const size_t s = static_cast<size_t>(it - marker_rows.begin());
+                boundary[s * (J + 1) + j] = b1[i - 1];
+                c0[i] = c1[i - 1];
+                b0[i] = static_cast<uint32_t>(j);
             }
-            const uint32_t del = cur.cost + 1;
-            const uint32_t ins = m[i].cost + 1;
-            const uint32_t sub = m[i - 1].cost + (r != h ? 1u : 0u);
-            Cell next;
-            if (sub < del) {  // MWERAlign: a substitution must be strictly cheaper
-                next = (sub < ins) ? Cell{sub, m[i - 1].bp} : Cell{ins, m[i].bp};
-            } else if (del <= ins) {
-                next = Cell{del, cur.bp};
-            } else {
-                next = Cell{ins, m[i].bp};
-            }
-            m[i - 1] = cur;
-            cur = next;
         }
-        m[I] = cur;
+        std::swap(c2, c1), std::swap(c1, c0);
+        std::swap(b2, b1), std::swap(b1, b0);
     }
 
-    // Backtrace: boundary[s] = BP[k][s] is where sentence s-1 ends; k follows it.
+    // Backtrace: BP[k][s] is where sentence s-1 ends on the best path ending sentence s at k.
     size_t k = J;
     ends[S - 1] = static_cast<int64_t>(J);
     for (size_t s = S; s >= 1; --s) {
-        const uint32_t b = bp_table[k * S + (s - 1)];
+        const uint32_t b = boundary[(s - 1) * (J + 1) + k];
         if (s >= 2) ends[s - 2] = b;
         k = b;
     }

@@ -107,3 +107,15 @@ def test_rejects_mwersegmenter_control_tokens():
         mwer_segment("a b", [])
     # a leading / trailing separator is dropped by mwerSegmenter: a single reference remains
     assert mwer_segment("a b", ["### a b"]) == reference_segmentation("a b", ["### a b"])
+
+
+def test_portable_and_simd_dp_agree():
+    from hpo_engine import _C
+
+    rng = random.Random(11)
+    for _ in range(20):
+        refs = []
+        for _ in range(rng.randint(1, 30)):
+            refs += [rng.randint(2, 12) for _ in range(rng.randint(0, 9))] + [1]
+        hyp = [rng.randint(2, 12) for _ in range(rng.randint(0, 120))]
+        assert _C.mwer_segment_ends(refs, hyp, 1, allow_simd=False) == _C.mwer_segment_ends(refs, hyp, 1)
