@@ -34,8 +34,8 @@ class SpeechFrontEnd:
 
     @torch.inference_mode()
     def _project(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        dtype = next(self.projector.parameters()).dtype
-        emb = self.projector(frames.to(dtype))
+        w = next(self.projector.parameters())
+        emb = self.projector(frames.to(w.device, w.dtype))
         return list(torch.split(emb, self.embeddings_per_chunk)) if len(emb) else []
 
     def push(self, pcm: np.ndarray) -> list[torch.Tensor]:

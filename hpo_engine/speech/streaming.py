@@ -100,7 +100,7 @@ class StreamingEncoder:
         return out
 
     def _empty(self) -> torch.Tensor:
-        return torch.zeros(0, self.encoder.cfg.d_model)
+        return torch.zeros(0, self.encoder.cfg.d_model, device=next(self.encoder.parameters()).device)
 
     def _mel_frames(self, n_end: int) -> torch.Tensor:
         """log10-mel frames [mel_start, n_end // 160) of the audio prefix [0, n_end); caches the final ones."""
@@ -119,8 +119,8 @@ class StreamingEncoder:
         w0 = max(0, e0 - self.left_context_frames)
         mel = self._mel_frames(n_end)[:, 2 * w0 - self._mel_start:]     # [n_mels, <= 2 (e1 - w0)]
         feats = whisper_normalize(mel)[None]                              # the window's own clamp floor
-        dtype = next(self.encoder.parameters()).dtype
-        out = self.encoder(feats.to(dtype), pos_offset=w0 - self.position_origin(w0))[0, e0 - w0:]   # [e1 - e0, d]
+        w = next(self.encoder.parameters())             # mel on CPU in float64; the encoder wherever it lives
+        out = self.encoder(feats.to(w.device, w.dtype), pos_offset=w0 - self.position_origin(w0))[0, e0 - w0:]   # [e1 - e0, d]
         self.frames_emitted = e1
         # forget what the next window cannot need
         keep_mel = 2 * max(0, e1 - self.left_context_frames)
