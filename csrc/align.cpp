@@ -1,7 +1,8 @@
-// Python bindings of the alignment / resegmentation DPs (registered into hpo_engine._C).
+// Python bindings of the alignment / resegmentation DPs and BLEU statistics (hpo_engine._C).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bleu_stats.h"
 #include "mwer_segment.h"
 #include "registry.h"
 #include "soft_align.h"
@@ -32,4 +33,15 @@ void register_align(py::module_& m) {
         py::arg("ref_token"), py::arg("ref_punct"), py::arg("ref_mask"), py::arg("hyp_token"),
         py::arg("hyp_punct"), py::arg("hyp_mask"), py::arg("words_per_mask"), py::arg("char_level"),
         "SoftSegmenter alignment path as (ref index or -1, hyp index or -1) pairs.");
+    m.def(
+        "bleu_corpus_stats",
+        [](const std::vector<int32_t>& hyp_tokens, const std::vector<int64_t>& hyp_offsets,
+           const std::vector<int32_t>& ref_tokens, const std::vector<int64_t>& ref_offsets,
+           int max_order) {
+            py::gil_scoped_release release;
+            return hpo::bleu_corpus_stats(hyp_tokens, hyp_offsets, ref_tokens, ref_offsets, max_order);
+        },
+        py::arg("hyp_tokens"), py::arg("hyp_offsets"), py::arg("ref_tokens"), py::arg("ref_offsets"),
+        py::arg("max_order") = 4,
+        "[hyp_len, ref_len, correct_1..N, total_1..N] summed over sentences (token-id slices).");
 }

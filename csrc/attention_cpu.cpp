@@ -78,7 +78,13 @@ HPO_INLINE void store16(uint16_t* p, vf16 x) {
 #ifndef HPO_PF
 #define HPO_PF 2
 #endif
-constexpr int kPrefetchKeys = 6;        // K rows fetched this many keys ahead
+#ifndef HPO_PFD
+#define HPO_PFD 6
+#endif
+#ifndef HPO_PFH
+#define HPO_PFH 3
+#endif
+constexpr int kPrefetchKeys = HPO_PFD;  // K rows fetched this many keys ahead
 
 // While the scores walk the keys: V of the same key (used after the softmax) and K a few keys ahead,
 // into the next chunk (another page) near the end of this one.
@@ -96,8 +102,8 @@ struct KeyPrefetch {
         const E* kr = ahead < n ? k + ahead * stride
                     : (ahead - n < next_n ? static_cast<const E*>(next_k) + (ahead - n) * stride : nullptr);
         for (int i = 0; i < D; i += kLineElems) {
-            __builtin_prefetch(vr + i, 0, 3);
-            if (kr) __builtin_prefetch(kr + i, 0, 3);
+            __builtin_prefetch(vr + i, 0, HPO_PFH);
+            if (kr) __builtin_prefetch(kr + i, 0, HPO_PFH);
         }
         if (jj == 0)   // the first keys of the chunk: their K rows were not covered by the previous chunk
             for (int j = 1; j < std::min(kPrefetchKeys, n); ++j)
@@ -146,23 +152,27 @@ struct RowState {            // per-thread scratch, sized for kMaxRowsPerItem ro
     float* l;                // [rows] running sum
     float* p;                // [rows, kChunk] scores, then probabilities
     float* kt;               // [D, kChunk] transposed key chunk
+    float* vbuf;             // [kChunk, D] packed value chunk
 };
 
 // Scores of a key chunk, one dot product per (row, key): cheapest for the few rows of decode.
 template <typename E, int D>
 HPO_INLINE void scores_rowwise(const RowState& st, const E* kp, int64_t slot_stride, int n, int rows,
                                const KeyPrefetch& pf) {
+    // Key-major: each K row is read once into registers. Rows of one head sit at a stride of
+    // Hkv * D elements (4 KB for Qwen3-4B), which maps them onto the same few L1 sets, so a
+    // row-major walk would re-fetch every K row from L2 once per query row.
     constexpr int NV = D / kLanes;
-    for (int r = 0; r < rows; ++r) {
-        vf16 qr[NV];
-        for (int i = 0; i < NV; ++i) qr[i] = load16(st.q + r * D + i * kLanes);
-        float* s = st.p + r * kChunk;
-        for (int jj = 0; jj < n; ++jj) {
-            if (r == 0) pf.at<E, D>(kp, jj);
-            const E* kr = kp + jj * slot_stride;
-            vf16 dot = qr[0] * load16(kr);
-            for (int i = 1; i < NV; ++i) dot += qr[i] * load16(kr + i * kLanes);
-            s[jj] = hsum(dot);
+    for (int jj = 0; jj < n; ++jj) {
+        pf.at<E, D>(kp, jj);
+        const E* kr = kp + jj * slot_stride;
+        vf16 k[NV];
+        for (int i = 0; i < NV; ++i) k[i] = load16(kr + i * kLanes);
+        for (int r = 0; r < rows; ++r) {
+            const float* q = st.q + r * D;
+            vf16 dot = load16(q) * k[0];
+            for (int i = 1; i < NV; ++i) dot += load16(q + i * kLanes) * k[i];
+            st.p[r * kChunk + jj] = hsum(dot);
         }
     }
 }
@@ -286,18 +296,34 @@ HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const Ro
                 for (int i = 0; i < NV; ++i)
                     store16(st.acc + r * D + i * kLanes, load16(st.acc + r * D + i * kLanes) * alpha);
         }
-        // acc += P V, one row at a time so the row's accumulator stays in registers
-        for (int r = 0; r < rows; ++r) {
-            const float* p = st.p + r * kChunk;
-            const int64_t visible = context + w.q_first + r / group + 1 - j0;
-            const int nv = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(n, visible)));
-            vf16 acc[NV];
-            for (int i = 0; i < NV; ++i) acc[i] = load16(st.acc + r * D + i * kLanes);
-            for (int jj = 0; jj < nv; ++jj) {
+        if (rows < kTransposeRows) {
+            // acc += P V key-major (each V row read once; masked keys have p == 0)
+            for (int jj = 0; jj < n; ++jj) {
                 const E* vr = vp + jj * a.kv_stride_slot;
-                for (int i = 0; i < NV; ++i) acc[i] += p[jj] * load16(vr + i * kLanes);
+                vf16 v[NV];
+                for (int i = 0; i < NV; ++i) v[i] = load16(vr + i * kLanes);
+                for (int r = 0; r < rows; ++r) {
+                    const float pj = st.p[r * kChunk + jj];
+                    float* acc = st.acc + r * D;
+                    for (int i = 0; i < NV; ++i) store16(acc + i * kLanes, load16(acc + i * kLanes) + pj * v[i]);
+                }
             }
-            for (int i = 0; i < NV; ++i) store16(st.acc + r * D + i * kLanes, acc[i]);
+        } else {
+            // many rows: pack the V chunk contiguously (see scores_rowwise on L1 sets), then one row at
+            // a time with its accumulator in registers
+            for (int jj = 0; jj < n; ++jj)
+                for (int i = 0; i < NV; ++i)
+                    store16(st.vbuf + jj * D + i * kLanes, load16(vp + jj * a.kv_stride_slot + i * kLanes));
+            for (int r = 0; r < rows; ++r) {
+                const float* p = st.p + r * kChunk;
+                const int64_t visible = context + w.q_first + r / group + 1 - j0;
+                const int nv = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(n, visible)));
+                vf16 acc[NV];
+                for (int i = 0; i < NV; ++i) acc[i] = load16(st.acc + r * D + i * kLanes);
+                for (int jj = 0; jj < nv; ++jj)
+                    for (int i = 0; i < NV; ++i) acc[i] += p[jj] * load16(st.vbuf + jj * D + i * kLanes);
+                for (int i = 0; i < NV; ++i) store16(st.acc + r * D + i * kLanes, acc[i]);
+            }
         }
         j0 += n;
     }
@@ -444,11 +470,12 @@ void paged_attention_cpu(const PagedArgs& a, bool bf16, int num_threads) {
     auto run = [&](int64_t begin, int64_t step) {
         // per-thread scratch, reused across calls (sized for the largest head_dim)
         thread_local std::vector<float> scratch;
-        const size_t need = kMaxRowsPerItem * (2 * 256 + 2 + kChunk) + 256 * kChunk + 16;
+        const size_t need = kMaxRowsPerItem * (2 * 256 + 2 + kChunk) + 2 * 256 * kChunk + 16;
         if (scratch.size() < need) scratch.resize(need);
         float* base = scratch.data();
         RowState st{base, base + kMaxRowsPerItem * 256, base + kMaxRowsPerItem * 512, base + kMaxRowsPerItem * 513,
-                    base + kMaxRowsPerItem * 514, base + kMaxRowsPerItem * (514 + kChunk)};
+                    base + kMaxRowsPerItem * 514, base + kMaxRowsPerItem * (514 + kChunk),
+                    base + kMaxRowsPerItem * (514 + kChunk) + 256 * kChunk};
         for (int64_t i = begin; i < n_items; i += step) {
             const WorkItem& w = plan.items[i];
             float* partial = w.partial < 0 ? nullptr : partials.data() + static_cast<int64_t>(w.partial) * (D + 2);

@@ -50,3 +50,33 @@ def test_tokenizer_choice_and_count_check():
     assert set(corpus_quality(HYP_EN, EN)) == {"BLEU", "chrF", "TER"}
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         corpus_bleu(["a", "b"], ["a"])
+
+
+@pytest.mark.parametrize("tok", ["13a", "zh", "char", "intl", "none", "ja-mecab"])
+def test_fast_bleu_equals_sacrebleu_on_random_corpora(tok):
+    from hpo_engine.metrics.fast_bleu import fast_corpus_bleu
+    if tok == "ja-mecab":
+        pytest.importorskip("MeCab")
+    rng = random.Random(hash(tok) % 1000)
+    pieces = "a b c the of 3.5 1,000 x-ray U.S. , . ! ? ( ) & &amp; - 猫 我们 数据 。 ， 今日 は".split()
+    for _ in range(25):
+        n = rng.randint(1, 30)
+        refs = [" ".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))) for _ in range(n)]
+        hyps = [" ".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))) + rng.choice(["", " ", "\n"])
+                for _ in range(n)]
+        if rng.random() < 0.3:  # a near copy gives high-order matches
+            hyps = [r.replace("a", "b", 1) for r in refs]
+        assert fast_corpus_bleu(hyps, refs, tok) == \
+            sacrebleu.BLEU(tokenize=tok).corpus_score(hyps, [refs]).score
+
+
+def test_fast_13a_tokenizer_equals_sacrebleu():
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+    from hpo_engine.metrics.fast_bleu import tokenize_13a
+    rng = random.Random(5)
+    alphabet = list("abX09 .,-&;:!?'\"()[]{}<>/\\@#$%^*+=_|~`\n\t") + [
+        "&quot;", "&amp;", "&lt;", "&gt;", "<skipped>", "-\n", "ä", "\u00a0", "\u3000", "猫", "。"]
+    reference = Tokenizer13a()
+    for _ in range(3000):
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert tokenize_13a(line) == reference(line)

@@ -8,12 +8,12 @@ Latencies in ms (the log's unit).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from .instances import (MetricsInputError, attach_references, read_instances_log,
                         read_references, read_segmentation)
 from .omnisteval_longform import long_yaal, repair_elapsed, resegment_soft
-from .quality import corpus_quality, default_bleu_tokenizer
+from .quality import QUALITY_METRICS, corpus_quality, default_bleu_tokenizer
 from .simuleval_latency import LATENCY_METRICS, corpus_latency
 from .streamlaal import resegment_mwer, stream_laal
 from .units import check_unit, reference_length
@@ -30,7 +30,8 @@ class _Scored:
 
 def score_shortform(hypothesis: str, references: Optional[str] = None, unit: str = "word",
                     bleu_tokenizer: str = "13a", use_ref_len: bool = True,
-                    fix_elapsed: bool = False) -> Dict[str, float]:
+                    fix_elapsed: bool = False,
+                    quality: Sequence[str] = QUALITY_METRICS) -> Dict[str, float]:
     """Quality and latency of a sentence-level SimulEval log.
 
     fix_elapsed applies OmniSTEval's elapsed repair to YAAL_CA only (SimulEval's *_CA use the
@@ -39,7 +40,7 @@ def score_shortform(hypothesis: str, references: Optional[str] = None, unit: str
     log = read_instances_log(hypothesis)
     refs = attach_references(log, None if references is None else read_references(references),
                              hypothesis)
-    scores = corpus_quality([i.prediction for i in log], refs, bleu_tokenizer)
+    scores = corpus_quality([i.prediction for i in log], refs, bleu_tokenizer, quality)
     scored = []
     for ins, ref in zip(log, refs):
         if ins.delays and ins.source_length is None:
@@ -69,7 +70,8 @@ def score_shortform(hypothesis: str, references: Optional[str] = None, unit: str
 def score_longform(hypothesis: str, references: str, segmentation: str, lang: str,
                    segmenter: str = "mwer", unit: str = "word",
                    bleu_tokenizer: Optional[str] = None, moses: bool = True,
-                   fix_elapsed: bool = False) -> Dict[str, float]:
+                   fix_elapsed: bool = False,
+                   quality: Sequence[str] = QUALITY_METRICS) -> Dict[str, float]:
     """Quality and latency of a long-form log (one line per recording).
 
     mwer: the StreamLAAL script's resegmentation and StreamLAAL(_CA); soft: OmniSTEval's
@@ -82,7 +84,7 @@ def score_longform(hypothesis: str, references: str, segmentation: str, lang: st
     if segmenter == "mwer":
         sentences = resegment_mwer(log, refs, segments, unit, hypothesis)
         scores = corpus_quality([s.prediction for s in sentences], [s.reference for s in sentences],
-                                tokenizer)
+                                tokenizer, quality)
         scores["StreamLAAL"] = stream_laal(sentences, unit)
         if all(ins.elapsed for ins in log if ins.delays):
             scores["StreamLAAL_CA"] = stream_laal(sentences, unit, computation_aware=True)
@@ -91,7 +93,7 @@ def score_longform(hypothesis: str, references: str, segmentation: str, lang: st
         sentences = resegment_soft(log, refs, segments, unit, lang if moses else None,
                                    fix_elapsed, hypothesis)
         scores = corpus_quality([s.prediction for s in sentences], [s.reference for s in sentences],
-                                tokenizer)
+                                tokenizer, quality)
         if any(s.emission_cu for s in sentences):
             scores["LongYAAL"] = long_yaal(sentences, unit)
         if any(s.emission_ca for s in sentences):
