@@ -1,5 +1,4 @@
 """Audio front end: PCM decoding, file loading, resampling."""
-import io
 from pathlib import Path
 
 import numpy as np

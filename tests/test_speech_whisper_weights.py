@@ -68,9 +68,16 @@ def test_ct2_reader_errors(tmp_path):
 def hf_to_ct2(model, cfg):
     """Inverse of the converter, written from the CT2 Whisper spec: HF model -> CT2 variable dict."""
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    out, zeros = {}, lambda n: np.zeros(n, np.float32)
-    ln = lambda dst, src: out.update({f"{dst}/gamma": sd[f"{src}.weight"], f"{dst}/beta": sd[f"{src}.bias"]})
-    lin = lambda dst, src: out.update({f"{dst}/weight": sd[f"{src}.weight"], f"{dst}/bias": sd[f"{src}.bias"]})
+    out = {}
+
+    def zeros(n):
+        return np.zeros(n, np.float32)
+
+    def ln(dst, src):
+        out.update({f"{dst}/gamma": sd[f"{src}.weight"], f"{dst}/beta": sd[f"{src}.bias"]})
+
+    def lin(dst, src):
+        out.update({f"{dst}/weight": sd[f"{src}.weight"], f"{dst}/bias": sd[f"{src}.bias"]})
     for side, n in (("encoder", cfg.encoder_layers), ("decoder", cfg.decoder_layers)):
         p = f"model.{side}"
         ln(f"{side}/layer_norm", f"{p}.layer_norm")
@@ -88,14 +95,15 @@ def hf_to_ct2(model, cfg):
                 c = f"{s}.encoder_attn"
                 ln(f"{d}/attention/layer_norm", f"{s}.encoder_attn_layer_norm")
                 lin(f"{d}/attention/linear_0", f"{c}.q_proj")
-                out[f"{d}/attention/linear_1/weight"] = np.concatenate([sd[f"{c}.k_proj.weight"], sd[f"{c}.v_proj.weight"]])
+                out[f"{d}/attention/linear_1/weight"] = np.concatenate(
+                    [sd[f"{c}.k_proj.weight"], sd[f"{c}.v_proj.weight"]])
                 out[f"{d}/attention/linear_1/bias"] = np.concatenate([zeros(cfg.d_model), sd[f"{c}.v_proj.bias"]])
                 lin(f"{d}/attention/linear_2", f"{c}.out_proj")
             ln(f"{d}/ffn/layer_norm", f"{s}.final_layer_norm")
             lin(f"{d}/ffn/linear_0", f"{s}.fc1")
             lin(f"{d}/ffn/linear_1", f"{s}.fc2")
-    out["encoder/conv1/weight"], out["encoder/conv1/bias"] = sd["model.encoder.conv1.weight"], sd["model.encoder.conv1.bias"]
-    out["encoder/conv2/weight"], out["encoder/conv2/bias"] = sd["model.encoder.conv2.weight"], sd["model.encoder.conv2.bias"]
+    for conv in ("conv1", "conv2"):
+        lin(f"encoder/{conv}", f"model.encoder.{conv}")
     out["decoder/embeddings/weight"] = sd["model.decoder.embed_tokens.weight"]
     return {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in out.items()}
 

@@ -115,10 +115,10 @@ class WhisperEncoder(nn.Module):
             own[q + "attn.qkv.weight"] = torch.cat([sd.pop(a + f"{n}_proj.weight") for n in "qkv"])
             q_bias, v_bias = sd.pop(a + "q_proj.bias"), sd.pop(a + "v_proj.bias")
             own[q + "attn.qkv.bias"] = torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
-            own[q + "attn.out.weight"], own[q + "attn.out.bias"] = sd.pop(a + "out_proj.weight"), sd.pop(a + "out_proj.bias")
-            for hf, mine in (("self_attn_layer_norm", "attn_norm"), ("final_layer_norm", "mlp_norm"),
-                             ("fc1", "fc1"), ("fc2", "fc2")):
-                own[q + mine + ".weight"], own[q + mine + ".bias"] = sd.pop(p + hf + ".weight"), sd.pop(p + hf + ".bias")
+            for hf, mine in (("self_attn.out_proj", "attn.out"), ("self_attn_layer_norm", "attn_norm"),
+                             ("final_layer_norm", "mlp_norm"), ("fc1", "fc1"), ("fc2", "fc2")):
+                for t in ("weight", "bias"):
+                    own[f"{q}{mine}.{t}"] = sd.pop(f"{p}{hf}.{t}")
         if strict and sd:
             raise KeyError(f"unused encoder weights: {sorted(sd)[:8]}")
         self.load_state_dict(own, strict=True)

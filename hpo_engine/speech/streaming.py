@@ -120,7 +120,8 @@ class StreamingEncoder:
         mel = self._mel_frames(n_end)[:, 2 * w0 - self._mel_start:]     # [n_mels, <= 2 (e1 - w0)]
         feats = whisper_normalize(mel)[None]                              # the window's own clamp floor
         w = next(self.encoder.parameters())             # mel on CPU in float64; the encoder wherever it lives
-        out = self.encoder(feats.to(w.device, w.dtype), pos_offset=w0 - self.position_origin(w0))[0, e0 - w0:]   # [e1 - e0, d]
+        pos = w0 - self.position_origin(w0)
+        out = self.encoder(feats.to(w.device, w.dtype), pos_offset=pos)[0, e0 - w0:]   # [e1 - e0, d]
         self.frames_emitted = e1
         # forget what the next window cannot need
         keep_mel = 2 * max(0, e1 - self.left_context_frames)
