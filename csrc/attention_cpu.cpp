@@ -6,12 +6,19 @@
 // seq_lens [B] int32, cu_seqlens_q [B+1] int32. Elements: float32 or bfloat16 (raw uint16 bits);
 // D a multiple of 16. Accumulation in float32.
 //
-// Work item = (sequence, kv head, tile of query tokens, kv slice). Its rows are the tile's tokens x
-// the GQA group of query heads, so each K/V row is read from memory once per group. Online softmax
-// (flash-attention style) over chunks of <= 32 keys that never cross a page. When there are fewer
-// items than threads can balance (batch-1 decode), the KV range is split and the partial (max, sum,
-// unnormalised acc) merged afterwards, as flash-decoding does. The per-item code is compiled twice
-// (AVX-512 and baseline x86-64) via target_clones: setup.py builds without -march.
+// Work item = (sequence, kv heads [h0, h0 + nh), tile of query tokens, kv slice); its rows are
+// heads x tokens x the GQA group, so each K/V row is read from memory once per group. Online softmax
+// (flash-attention style) over chunks of <= 32 keys that never cross a page.
+//  * Decode-like tiles (few rows per head) take all kv heads in one item and walk keys key-major:
+//    a slot's Hkv * D elements are contiguous, so memory is read sequentially. Per-head items would
+//    read D of every Hkv * D elements (512 B per 4 KB for Qwen3-4B): measured ~3x less bandwidth.
+//  * Chunk extension / prefill tiles (>= kTransposeRows rows per head) take one head; scores go
+//    through a transposed K chunk (broadcast FMAs, no horizontal sums), V is packed, and each row's
+//    accumulator stays in registers.
+//  * Fewer items than the threads can balance (batch-1 decode): the KV range is split and the
+//    partial (max, sum, unnormalised acc) merged afterwards, as flash-decoding does.
+// The per-item code is compiled twice (AVX-512 and baseline x86-64) via target_clones: setup.py
+// builds without -march.
 #include "registry.h"
 
 #include <omp.h>
@@ -54,7 +61,8 @@ struct PagedArgs {
 };
 
 struct WorkItem {
-    int32_t seq, kv_head, q_first, q_count;  // query tokens [q_first, q_first + q_count) of the sequence
+    int32_t seq, kv_head, num_heads;         // kv heads [kv_head, kv_head + num_heads)
+    int32_t q_first, q_count;                // query tokens [q_first, q_first + q_count) of the sequence
     int32_t kv_begin, kv_end;                // keys of this slice
     int32_t partial;                         // -1: write `out`; else index of its partial record
     int64_t cost;
@@ -93,6 +101,7 @@ struct KeyPrefetch {
     const void* next_k;
     int64_t stride;
     int n, next_n;
+    int row_elems;           // elements per key to fetch: D, or all heads of the item
     template <typename E, int D>
     HPO_INLINE void at(const E* k, int jj) const {
 #if HPO_PF == 2
@@ -101,13 +110,13 @@ struct KeyPrefetch {
         const int ahead = jj + kPrefetchKeys;
         const E* kr = ahead < n ? k + ahead * stride
                     : (ahead - n < next_n ? static_cast<const E*>(next_k) + (ahead - n) * stride : nullptr);
-        for (int i = 0; i < D; i += kLineElems) {
+        for (int i = 0; i < row_elems; i += kLineElems) {
             __builtin_prefetch(vr + i, 0, HPO_PFH);
             if (kr) __builtin_prefetch(kr + i, 0, HPO_PFH);
         }
         if (jj == 0)   // the first keys of the chunk: their K rows were not covered by the previous chunk
             for (int j = 1; j < std::min(kPrefetchKeys, n); ++j)
-                for (int i = 0; i < D; i += kLineElems) __builtin_prefetch(k + j * stride + i, 0, 3);
+                for (int i = 0; i < row_elems; i += kLineElems) __builtin_prefetch(k + j * stride + i, 0, HPO_PFH);
 #endif
     }
 };
@@ -157,22 +166,22 @@ struct RowState {            // per-thread scratch, sized for kMaxRowsPerItem ro
 
 // Scores of a key chunk, one dot product per (row, key): cheapest for the few rows of decode.
 template <typename E, int D>
-HPO_INLINE void scores_rowwise(const RowState& st, const E* kp, int64_t slot_stride, int n, int rows,
-                               const KeyPrefetch& pf) {
-    // Key-major: each K row is read once into registers. Rows of one head sit at a stride of
-    // Hkv * D elements (4 KB for Qwen3-4B), which maps them onto the same few L1 sets, so a
-    // row-major walk would re-fetch every K row from L2 once per query row.
+HPO_INLINE void scores_rowwise(const RowState& st, const E* kp, int64_t slot_stride, int64_t head_stride, int n,
+                               int num_heads, int rows_per_head, const KeyPrefetch& pf) {
+    // Key-major, heads in address order: each slot's K elements are read once, sequentially.
     constexpr int NV = D / kLanes;
     for (int jj = 0; jj < n; ++jj) {
         pf.at<E, D>(kp, jj);
-        const E* kr = kp + jj * slot_stride;
-        vf16 k[NV];
-        for (int i = 0; i < NV; ++i) k[i] = load16(kr + i * kLanes);
-        for (int r = 0; r < rows; ++r) {
-            const float* q = st.q + r * D;
-            vf16 dot = load16(q) * k[0];
-            for (int i = 1; i < NV; ++i) dot += load16(q + i * kLanes) * k[i];
-            st.p[r * kChunk + jj] = hsum(dot);
+        for (int h = 0; h < num_heads; ++h) {
+            const E* kr = kp + jj * slot_stride + h * head_stride;
+            vf16 k[NV];
+            for (int i = 0; i < NV; ++i) k[i] = load16(kr + i * kLanes);
+            for (int r = h * rows_per_head; r < (h + 1) * rows_per_head; ++r) {
+                const float* q = st.q + r * D;
+                vf16 dot = load16(q) * k[0];
+                for (int i = 1; i < NV; ++i) dot += load16(q + i * kLanes) * k[i];
+                st.p[r * kChunk + jj] = hsum(dot);
+            }
         }
     }
 }
@@ -222,11 +231,22 @@ HPO_INLINE void scores_transposed(const RowState& st, const E* kp, int64_t slot_
     }
 }
 
+// Row r of an item: kv head kv_head + r / rows_per_head, token q_first + (r % rows_per_head) / group,
+// query head (that kv head) * group + r % group.
+struct RowMap {
+    int group, rows_per_head;
+    int64_t q_first;
+    int32_t kv_head;
+    HPO_INLINE int64_t token(int r) const { return q_first + (r % rows_per_head) / group; }
+    HPO_INLINE int64_t head(int r) const { return static_cast<int64_t>(kv_head + r / rows_per_head) * group + r % group; }
+};
+
 template <typename E, int D>
 HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const RowState& st, float* partial) {
     constexpr int NV = D / kLanes;
     const int group = static_cast<int>(a.num_q_heads / a.num_kv_heads);
-    const int rows = w.q_count * group;
+    const RowMap map{group, w.q_count * group, w.q_first, w.kv_head};
+    const int rows = w.num_heads * map.rows_per_head;
     const int64_t q_begin = a.cu_seqlens_q[w.seq];
     const int64_t q_len = a.cu_seqlens_q[w.seq + 1] - q_begin;
     const int64_t context = a.seq_lens[w.seq] - q_len;
@@ -234,9 +254,7 @@ HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const Ro
     const float qscale = a.scale * kLog2e;
 
     for (int r = 0; r < rows; ++r) {
-        const int64_t token = q_begin + w.q_first + r / group;
-        const int64_t head = w.kv_head * group + r % group;
-        const E* src = q + token * a.q_stride_t + head * a.q_stride_h;
+        const E* src = q + (q_begin + map.token(r)) * a.q_stride_t + map.head(r) * a.q_stride_h;
         for (int i = 0; i < NV; ++i) store16(st.q + r * D + i * kLanes, load16(src + i * kLanes) * qscale);
         for (int i = 0; i < NV; ++i) store16(st.acc + r * D + i * kLanes, (vf16){});
         st.m[r] = kNoMax;
@@ -246,6 +264,8 @@ HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const Ro
     const E* k_cache = static_cast<const E*>(a.k_cache);
     const E* v_cache = static_cast<const E*>(a.v_cache);
     const int32_t* pages = a.block_table + w.seq * a.max_blocks;
+    const bool transposed = w.num_heads == 1 && rows >= kTransposeRows;
+    const int row_elems = static_cast<int>((w.num_heads - 1) * a.kv_stride_head + D);
     for (int64_t j0 = w.kv_begin; j0 < w.kv_end;) {
         const int64_t in_page = j0 % a.block_size;
         const int n = static_cast<int>(std::min<int64_t>({w.kv_end - j0, a.block_size - in_page, kChunk}));
@@ -253,8 +273,8 @@ HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const Ro
                              + w.kv_head * a.kv_stride_head;
         const E* kp = k_cache + base;
         const E* vp = v_cache + base;
-        // Every key row of one head sits on its own 4 KB page for Hkv * D * 4 >= 4 KB (and pages of the
-        // cache are scattered), so hardware prefetchers do not help: prefetch by hand.
+        // Pages of the cache are scattered and, for per-head items, every key row of a head sits on its
+        // own 4 KB page, so hardware prefetchers do not help: prefetch by hand, a few keys ahead.
         const E* next_kp = nullptr;
         int next_n = 0;
         if (j0 + n < w.kv_end) {
@@ -263,21 +283,17 @@ HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const Ro
                       + (nj % a.block_size) * a.kv_stride_slot + w.kv_head * a.kv_stride_head;
             next_n = static_cast<int>(std::min<int64_t>({w.kv_end - nj, a.block_size - nj % a.block_size, kChunk}));
         }
-#if HPO_PF == 1
-        prefetch_rows<E, D>(vp, a.kv_stride_slot, n);
-        if (next_kp) prefetch_rows<E, D>(next_kp, a.kv_stride_slot, next_n);
-#endif
-        const KeyPrefetch pf{vp, next_kp, a.kv_stride_slot, n, next_n};
+        const KeyPrefetch pf{vp, next_kp, a.kv_stride_slot, n, next_n, row_elems};
 
-        if (rows >= kTransposeRows) {
+        if (transposed) {
             scores_transposed<E, D>(st, kp, a.kv_stride_slot, n, rows, pf);
         } else {
-            scores_rowwise<E, D>(st, kp, a.kv_stride_slot, n, rows, pf);
+            scores_rowwise<E, D>(st, kp, a.kv_stride_slot, a.kv_stride_head, n, w.num_heads, map.rows_per_head, pf);
         }
         // mask (causal) to -inf, then online-softmax update of each row
         for (int r = 0; r < rows; ++r) {
             float* s = st.p + r * kChunk;
-            const int64_t visible = context + w.q_first + r / group + 1 - j0;  // keys j0 + jj < limit
+            const int64_t visible = context + map.token(r) + 1 - j0;  // keys j0 + jj < limit
             const int nv = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(n, visible)));
             float row_max = kNoMax;
             for (int jj = 0; jj < nv; ++jj) row_max = std::max(row_max, s[jj]);
@@ -296,27 +312,42 @@ HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const Ro
                 for (int i = 0; i < NV; ++i)
                     store16(st.acc + r * D + i * kLanes, load16(st.acc + r * D + i * kLanes) * alpha);
         }
-        if (rows < kTransposeRows) {
-            // acc += P V key-major (each V row read once; masked keys have p == 0)
-            for (int jj = 0; jj < n; ++jj) {
-                const E* vr = vp + jj * a.kv_stride_slot;
-                vf16 v[NV];
-                for (int i = 0; i < NV; ++i) v[i] = load16(vr + i * kLanes);
-                for (int r = 0; r < rows; ++r) {
-                    const float pj = st.p[r * kChunk + jj];
-                    float* acc = st.acc + r * D;
-                    for (int i = 0; i < NV; ++i) store16(acc + i * kLanes, load16(acc + i * kLanes) + pj * v[i]);
+        if (!transposed) {
+            // acc += P V per head, a block of rows at a time with accumulators in registers; the V rows
+            // of the chunk were prefetched with the scores (masked keys have p == 0)
+            constexpr int RB = NV <= 4 ? 4 : 2;   // rows per block: RB * NV accumulators + NV values
+            for (int h = 0; h < w.num_heads; ++h) {
+                const E* vh = vp + h * a.kv_stride_head;
+                for (int r0 = h * map.rows_per_head; r0 < (h + 1) * map.rows_per_head; r0 += RB) {
+                    const int cnt = std::min(RB, (h + 1) * map.rows_per_head - r0);
+                    vf16 acc[RB][NV];
+                    for (int u = 0; u < RB; ++u)
+                        if (u < cnt)
+                            for (int i = 0; i < NV; ++i) acc[u][i] = load16(st.acc + (r0 + u) * D + i * kLanes);
+                    for (int jj = 0; jj < n; ++jj) {
+                        const E* vr = vh + jj * a.kv_stride_slot;
+                        vf16 v[NV];
+                        for (int i = 0; i < NV; ++i) v[i] = load16(vr + i * kLanes);
+                        for (int u = 0; u < RB; ++u)
+                            if (u < cnt) {
+                                const float pj = st.p[(r0 + u) * kChunk + jj];
+                                for (int i = 0; i < NV; ++i) acc[u][i] += pj * v[i];
+                            }
+                    }
+                    for (int u = 0; u < RB; ++u)
+                        if (u < cnt)
+                            for (int i = 0; i < NV; ++i) store16(st.acc + (r0 + u) * D + i * kLanes, acc[u][i]);
                 }
             }
         } else {
-            // many rows: pack the V chunk contiguously (see scores_rowwise on L1 sets), then one row at
-            // a time with its accumulator in registers
+            // many rows, one head: pack the V chunk contiguously (its rows would share L1 sets at a
+            // 4 KB stride), then one row at a time with its accumulator in registers
             for (int jj = 0; jj < n; ++jj)
                 for (int i = 0; i < NV; ++i)
                     store16(st.vbuf + jj * D + i * kLanes, load16(vp + jj * a.kv_stride_slot + i * kLanes));
             for (int r = 0; r < rows; ++r) {
                 const float* p = st.p + r * kChunk;
-                const int64_t visible = context + w.q_first + r / group + 1 - j0;
+                const int64_t visible = context + map.token(r) + 1 - j0;
                 const int nv = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(n, visible)));
                 vf16 acc[NV];
                 for (int i = 0; i < NV; ++i) acc[i] = load16(st.acc + r * D + i * kLanes);
@@ -339,10 +370,8 @@ HPO_INLINE void attend_item_impl(const PagedArgs& a, const WorkItem& w, const Ro
     }
     E* out = static_cast<E*>(a.out);
     for (int r = 0; r < rows; ++r) {
-        const int64_t token = q_begin + w.q_first + r / group;
-        const int64_t head = w.kv_head * group + r % group;
         const float inv = st.l[r] > 0.f ? 1.f / st.l[r] : 0.f;
-        E* dst = out + token * a.o_stride_t + head * a.o_stride_h;
+        E* dst = out + (q_begin + map.token(r)) * a.o_stride_t + map.head(r) * a.o_stride_h;
         for (int i = 0; i < NV; ++i) store16(dst + i * kLanes, load16(st.acc + r * D + i * kLanes) * inv);
     }
 }
@@ -374,7 +403,8 @@ template <typename E>
 void merge_partials(const PagedArgs& a, const WorkItem& w, const float* records, int num_splits) {
     const int64_t D = a.head_dim;
     const int group = static_cast<int>(a.num_q_heads / a.num_kv_heads);
-    const int rows = w.q_count * group;
+    const RowMap map{group, w.q_count * group, w.q_first, w.kv_head};
+    const int rows = w.num_heads * map.rows_per_head;
     const int64_t rec_size = static_cast<int64_t>(rows) * (D + 2);
     const int64_t q_begin = a.cu_seqlens_q[w.seq];
     std::vector<float> acc(D);
@@ -391,9 +421,7 @@ void merge_partials(const PagedArgs& a, const WorkItem& w, const float* records,
             for (int64_t d = 0; d < D; ++d) acc[d] += rec[2 + d] * wgt;
         }
         const float inv = l > 0.f ? 1.f / l : 0.f;
-        const int64_t token = q_begin + w.q_first + r / group;
-        const int64_t head = w.kv_head * group + r % group;
-        E* dst = static_cast<E*>(a.out) + token * a.o_stride_t + head * a.o_stride_h;
+        E* dst = static_cast<E*>(a.out) + (q_begin + map.token(r)) * a.o_stride_t + map.head(r) * a.o_stride_h;
         for (int64_t d = 0; d < D; d += kLanes) store16(dst + d, load16(acc.data() + d) * inv);
     }
 }
@@ -414,13 +442,18 @@ Plan make_plan(const PagedArgs& a, int num_threads) {
     for (int64_t b = 0; b < a.num_seqs; ++b) {
         const int32_t q_len = a.cu_seqlens_q[b + 1] - a.cu_seqlens_q[b];
         const int32_t context = a.seq_lens[b] - q_len;
-        for (int32_t t = 0; t < q_len; t += tile_tokens) {
-            const int32_t count = std::min(tile_tokens, q_len - t);
+        // decode-like: all heads in one item (sequential reads); else one item per kv head
+        const bool all_heads = q_len * group < kTransposeRows && q_len * a.num_q_heads <= kMaxRowsPerItem;
+        const int32_t tile = all_heads ? q_len : tile_tokens;
+        const int32_t heads_per_item = all_heads ? static_cast<int32_t>(a.num_kv_heads) : 1;
+        for (int32_t t = 0; t < q_len; t += tile) {
+            const int32_t count = std::min(tile, q_len - t);
             const int32_t kv_end = context + t + count;  // last query of the tile sees keys < kv_end
-            for (int64_t h = 0; h < a.num_kv_heads; ++h) {
-                plan.items.push_back({static_cast<int32_t>(b), static_cast<int32_t>(h), t, count, 0, kv_end, -1,
-                                      static_cast<int64_t>(count * group + 4) * (kv_end + 16)});
-                total_keys += kv_end;
+            for (int32_t h = 0; h < a.num_kv_heads; h += heads_per_item) {
+                const int64_t rows = static_cast<int64_t>(count) * group * heads_per_item;
+                plan.items.push_back({static_cast<int32_t>(b), h, heads_per_item, t, count, 0, kv_end, -1,
+                                      (rows + 4) * (kv_end + 16)});
+                total_keys += static_cast<int64_t>(kv_end) * heads_per_item;
             }
         }
     }
@@ -430,16 +463,16 @@ Plan make_plan(const PagedArgs& a, int num_threads) {
         const int64_t slice = std::max<int64_t>(256, (total_keys + want - 1) / want);
         std::vector<WorkItem> split_items;
         for (const WorkItem& w : plan.items) {
-            const int64_t n = (w.kv_end + slice - 1) / slice;
+            const int64_t n = std::max<int64_t>(1, (w.kv_end * w.num_heads) / slice);
             if (n <= 1) { split_items.push_back(w); continue; }
-            const int64_t rows = static_cast<int64_t>(w.q_count) * group;
+            const int64_t rows = static_cast<int64_t>(w.q_count) * group * w.num_heads;
             const int64_t len = (w.kv_end + n - 1) / n;
             plan.merges.push_back(w);
             plan.merges.back().partial = static_cast<int32_t>(plan.partial_records);
             plan.merge_splits.push_back(static_cast<int>(n));
             for (int64_t s = 0; s < n; ++s) {
                 WorkItem piece = w;
-                piece.kv_begin = static_cast<int32_t>(s * len);
+                piece.kv_begin = static_cast<int32_t>(std::min<int64_t>(w.kv_end, s * len));
                 piece.kv_end = static_cast<int32_t>(std::min<int64_t>(w.kv_end, (s + 1) * len));
                 piece.partial = static_cast<int32_t>(plan.partial_records + s * rows);
                 piece.cost = (rows + 4) * (piece.kv_end - piece.kv_begin + 16);

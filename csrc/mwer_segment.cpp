@@ -1,7 +1,7 @@
 // mWER segmentation DP over the concatenated references (a segment marker after each sentence)
 // and the hypothesis. Each cell depends only on its up / left / diagonal neighbours, so the DP is
 // swept by anti-diagonals: the cells of one anti-diagonal are independent and the loop vectorises
-// (AVX2 when the CPU has it). Working memory is three anti-diagonals (linear in the reference
+// (AVX-512 or AVX2 when the CPU has them). Working memory is three anti-diagonals (linear in the reference
 // length); the backtrace needs one boundary pointer per (sentence, hypothesis token).
 // Tie-breaking, the first row / column and the marker rows follow MWERAlign exactly, because the
 // chosen boundaries (and hence every StreamLAAL number) depend on them.
@@ -34,6 +34,8 @@ namespace {
         const uint32_t *__restrict b2, const int32_t *__restrict ref,                     \
         const int32_t *__restrict hyp_rev, size_t hyp_offset, size_t lo, size_t hi
 
+__attribute__((target("avx512f,avx512vl,avx512bw,prefer-vector-width=512")))
+void diagonal_avx512(HPO_MWER_DIAGONAL_ARGS) { HPO_MWER_DIAGONAL_BODY }
 __attribute__((target("avx2"))) void diagonal_avx2(HPO_MWER_DIAGONAL_ARGS) { HPO_MWER_DIAGONAL_BODY }
 void diagonal_generic(HPO_MWER_DIAGONAL_ARGS) { HPO_MWER_DIAGONAL_BODY }
 
@@ -66,6 +68,8 @@ std::vector<int64_t> mwer_segment_ends(const std::vector<int32_t>& ref_ids,
     }
     uint32_t *c0 = cost_buf[0].data(), *c1 = cost_buf[1].data(), *c2 = cost_buf[2].data();
     uint32_t *b0 = bp_buf[0].data(), *b1 = bp_buf[1].data(), *b2 = bp_buf[2].data();
+    const bool avx512 = allow_simd && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
     const bool avx2 = allow_simd && __builtin_cpu_supports("avx2");
 
     for (size_t d = 1; d <= I + J; ++d) {  // c1/b1 hold diagonal 0 (the cell (0,0) = 0) first
@@ -75,7 +79,9 @@ std::vector<int64_t> mwer_segment_ends(const std::vector<int32_t>& ref_ids,
         const size_t hi = std::min(I, d - 1);
         if (lo <= hi) {
             const size_t offset = J - d;  // unsigned wrap-around is undone by i >= d - J
-            if (avx2)
+            if (avx512)
+                diagonal_avx512(c0, b0, c1, b1, c2, b2, ref_ids.data(), hyp_rev.data(), offset, lo, hi);
+            else if (avx2)
                 diagonal_avx2(c0, b0, c1, b1, c2, b2, ref_ids.data(), hyp_rev.data(), offset, lo, hi);
             else
                 diagonal_generic(c0, b0, c1, b1, c2, b2, ref_ids.data(), hyp_rev.data(), offset, lo, hi);

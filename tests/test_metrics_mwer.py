@@ -119,3 +119,11 @@ def test_portable_and_simd_dp_agree():
             refs += [rng.randint(2, 12) for _ in range(rng.randint(0, 9))] + [1]
         hyp = [rng.randint(2, 12) for _ in range(rng.randint(0, 120))]
         assert _C.mwer_segment_ends(refs, hyp, 1, allow_simd=False) == _C.mwer_segment_ends(refs, hyp, 1)
+
+
+def test_only_ascii_whitespace_separates_tokens():
+    # U+00A0 and U+3000 are whitespace for Python but not for mwerSegmenter
+    hyp = "a\u00a0b c\u3000d e\tf"
+    refs = ["a\u00a0b c", "d e f"]
+    assert mwer_segment(hyp, refs) == reference_segmentation(hyp, refs)
+    assert mwer_segment(hyp, refs)[0].split(" ")[0] == "a\u00a0b"

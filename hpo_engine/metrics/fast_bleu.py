@@ -11,41 +11,51 @@ from typing import Callable, Dict, List, Sequence
 from sacrebleu.metrics.bleu import BLEU
 
 MAX_ORDER = 4
-# mteval-v13a: these characters become separate tokens (ranges as in sacrebleu's first regex)
-_SPLIT_CHARS = [chr(c) for lo, hi in ((0x7B, 0x7E), (0x5B, 0x60), (0x20, 0x26), (0x28, 0x2B),
+# mteval-v13a: these characters become separate tokens (ranges as in sacrebleu's first regex);
+# the space (also in the class) is widened first so the spaces inserted later stay single.
+_SPLIT_CHARS = [chr(c) for lo, hi in ((0x7B, 0x7E), (0x5B, 0x60), (0x21, 0x26), (0x28, 0x2B),
                                       (0x3A, 0x40), (0x2F, 0x2F)) for c in range(lo, hi + 1)]
-_SPLIT_TABLE = str.maketrans({c: f" {c} " for c in _SPLIT_CHARS})
 _PERIOD_COMMA_AFTER_NON_DIGIT = re.compile(r"([^0-9])([\.,])")
 _PERIOD_COMMA_BEFORE_NON_DIGIT = re.compile(r"([\.,])([^0-9])")
 _DASH_AFTER_DIGIT = re.compile(r"([0-9])(-)")
 
 
-def tokenize_13a(line: str) -> str:
-    """sacrebleu's Tokenizer13a output for `line` (its language-independent replacements, then
-    the punctuation rules; whitespace collapsed)."""
+def tokens_13a(line: str) -> List[str]:
+    """The tokens of sacrebleu's Tokenizer13a for `line` (its language-independent replacements,
+    then the punctuation rules; each rule is skipped when its characters are absent)."""
     line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     if "&" in line:
         line = line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
-    line = f" {line} ".translate(_SPLIT_TABLE)
-    line = _PERIOD_COMMA_AFTER_NON_DIGIT.sub(r"\1 \2 ", line)
-    line = _PERIOD_COMMA_BEFORE_NON_DIGIT.sub(r" \1 \2", line)
-    line = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", line)
-    return " ".join(line.split())
+    line = f" {line} ".replace(" ", "   ")
+    for c in _SPLIT_CHARS:
+        if c in line:
+            line = line.replace(c, f" {c} ")
+    if "." in line or "," in line:
+        line = _PERIOD_COMMA_AFTER_NON_DIGIT.sub(r"\1 \2 ", line)
+        line = _PERIOD_COMMA_BEFORE_NON_DIGIT.sub(r" \1 \2", line)
+    if "-" in line:
+        line = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", line)
+    return line.split()
 
 
-def _tokenizer(name: str) -> Callable[[str], str]:
-    return tokenize_13a if name == "13a" else BLEU(tokenize=name).tokenizer
+def tokenize_13a(line: str) -> str:
+    """sacrebleu's Tokenizer13a output for `line`."""
+    return " ".join(tokens_13a(line))
 
 
-def _token_ids(sentences: Sequence[str], tokenize: Callable[[str], str], vocab: Dict[str, int]):
+def _tokenizer(name: str) -> Callable[[str], List[str]]:
+    if name == "13a":
+        return tokens_13a
+    tokenize = BLEU(tokenize=name).tokenizer
+    return lambda line: tokenize(line).split()
+
+
+def _token_ids(sentences: Sequence[str], tokenize: Callable[[str], List[str]], vocab: Dict[str, int]):
     ids: List[int] = []
     offsets = [0]
+    add = vocab.setdefault
     for sentence in sentences:
-        for token in tokenize(sentence.rstrip()).split():
-            found = vocab.get(token)
-            if found is None:
-                found = vocab[token] = len(vocab)
-            ids.append(found)
+        ids += [add(t, len(vocab)) for t in tokenize(sentence.rstrip())]
         offsets.append(len(ids))
     return ids, offsets
 

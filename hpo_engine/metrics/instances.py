@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence, Union
 
 import yaml
 
+from .segmentation_yaml import parse_segmentation
+
 
 class MetricsInputError(ValueError):
     """Malformed or inconsistent scoring input; the message names the file and line."""
@@ -31,6 +33,9 @@ class LogInstance:
 
 
 def _number_list(value, key: str, where: str) -> List[float]:
+    # fast path: only int / float (not bool) and a finite sum; else check element by element
+    if isinstance(value, list) and {type(v) for v in value} <= {int, float} and math.isfinite(sum(value)):
+        return value
     if not isinstance(value, list) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
     ):
@@ -127,8 +132,11 @@ def read_segmentation(path: Union[str, Path]) -> List[SegmentDefinition]:
     """MuST-C / IWSLT segmentation YAML: a list of {wav, offset, duration} per reference line."""
     path = str(path)
     with open(path, encoding="utf-8") as f:
+        text = f.read()
+    data = parse_segmentation(text)  # the common flat shapes, without PyYAML's slow constructor
+    if data is None:
         try:
-            data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         except yaml.YAMLError as err:
             raise MetricsInputError(f"{path}: invalid YAML ({err})") from None
     if not isinstance(data, list):

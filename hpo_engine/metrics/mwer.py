@@ -18,8 +18,14 @@ _MARKER = 1  # id of the end-of-sentence marker; 0 is never used (MWERAlign's ep
 _MULTI_REF_SEPARATOR = "###"  # MWERAlign reads "a ### b" as two alternative references
 
 
+# whitespace for Python's str.split() but not for C++ `istream >> string`
+_UNICODE_ONLY_SPACE = re.compile("[\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+
+
 def _split(text: str) -> List[str]:
     """Whitespace tokens as C++ `istream >> string` finds them (ASCII whitespace only)."""
+    if not _UNICODE_ONLY_SPACE.search(text):
+        return text.split()
     return [t for t in _ASCII_SPACE.split(text) if t]
 
 
@@ -57,23 +63,15 @@ def segment_tokens(hyp_tokens: Sequence[str], references: Sequence[Sequence[str]
         raise ValueError("mWER segmentation needs at least one reference sentence")
     from hpo_engine import _C
 
+    # ids of ASCII-lower-cased tokens; 0 and _MARKER are reserved
     vocab: Dict[str, int] = {}
-    next_id = _MARKER + 1
-
-    def token_id(token: str) -> int:
-        nonlocal next_id
-        key = token.translate(_ASCII_LOWER)
-        found = vocab.get(key)
-        if found is None:
-            found = vocab[key] = next_id
-            next_id += 1
-        return found
-
     ref_ids: List[int] = []
     for sentence in references:
-        ref_ids.extend(token_id(t) for t in sentence)
+        lowered = " ".join(sentence).translate(_ASCII_LOWER).split(" ") if sentence else []
+        ref_ids += [vocab.setdefault(t, len(vocab) + _MARKER + 1) for t in lowered]
         ref_ids.append(_MARKER)
-    hyp_ids = [token_id(t) for t in hyp_tokens]
+    lowered = " ".join(hyp_tokens).translate(_ASCII_LOWER).split(" ") if hyp_tokens else []
+    hyp_ids = [vocab.setdefault(t, len(vocab) + _MARKER + 1) for t in lowered]
     ends = _C.mwer_segment_ends(ref_ids, hyp_ids, _MARKER)
     pieces, start = [], 0
     for end in ends:
