@@ -1,0 +1,131 @@
+"""Continuous batching, batch invariance, chunked prefill and unbounded streams."""
+import pytest
+import torch
+
+from hpo_engine import Engine, SamplingParams
+from hpo_engine.models.decoder import PagedBatch
+from tests.conftest import make_tiny_model
+
+PH = 299
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("rt"), "qwen3", num_heads=6, num_kv_heads=2)
+
+
+def dialogue_turns(seed, turns, hidden):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(turns):
+        ids = torch.randint(2, 290, (int(torch.randint(3, 30, (1,), generator=g)),), generator=g).tolist()
+        ids[1:1] = [PH] * 3
+        out.append((ids, torch.randn(3, hidden, generator=g)))
+    return out
+
+
+def run_alone(folder, turns, params, **kw):
+    engine = Engine.from_pretrained(folder, num_blocks=128, placeholder_token_id=PH, **kw)
+    s = engine.open_stream()
+    outs = []
+    for ids, emb in turns:
+        s.append(ids, emb)
+        outs.append(s.generate(params))
+    return outs
+
+
+@pytest.mark.parametrize("budget", [2048, 7])
+def test_batch_invariance_and_chunked_prefill(tiny, budget):
+    """A stream's tokens and logprobs do not depend on its batch companions or on chunking."""
+    folder, hf = tiny
+    hidden = hf.config.hidden_size
+    greedy = SamplingParams(max_new_tokens=6, stop_token_ids=[])
+    sampled = SamplingParams(max_new_tokens=6, temperature=1.0, top_k=40, seed=11, stop_token_ids=[1])
+    dialogues = [dialogue_turns(s, 4, hidden) for s in range(5)]
+    alone = [run_alone(folder, d, greedy if i % 2 == 0 else sampled) for i, d in enumerate(dialogues)]
+    engine = Engine.from_pretrained(folder, num_blocks=256, placeholder_token_id=PH,
+                                    max_num_batched_tokens=budget)
+    streams = [engine.open_stream() for _ in dialogues]
+    for turn in range(4):
+        # streams join at different turns: stream i starts at turn i % 2
+        live = [i for i in range(len(streams)) if turn >= i % 2]
+        for i in live:
+            streams[i].append(*dialogues[i][turn - i % 2])
+        outs = engine.generate_many([(streams[i], greedy if i % 2 == 0 else sampled) for i in live])
+        for i, out in zip(live, outs):
+            ref = alone[i][turn - i % 2]
+            assert out.token_ids == ref.token_ids
+            assert out.logprobs == pytest.approx(ref.logprobs, abs=1e-5)
+
+
+def test_ten_thousand_turns_stay_bounded(tiny):
+    folder, hf = tiny
+    engine = Engine.from_pretrained(folder, num_blocks=64, placeholder_token_id=PH, max_cache_tokens=200)
+    s = engine.open_stream()
+    s.append([5, 6, 7, 8, 9], sink=True)
+    params = SamplingParams(max_new_tokens=1, stop_token_ids=[], banned_token_ids=[PH])
+    emb = torch.randn(3, hf.config.hidden_size)
+    max_blocks = max_pos = 0
+    for turn in range(10_000):
+        s.append([11, PH, PH, PH, 12], emb)
+        s.generate(params)
+        max_blocks = max(max_blocks, engine.pool.num_used)
+        max_pos = max(max_pos, s.next_position)
+    assert s.seq.num_evicted > 50_000
+    assert max_pos <= 200 and s.num_cached_tokens <= 200
+    assert max_blocks <= -(-200 // 16) + 1
+    s.close()
+    assert engine.pool.num_used == 0
+
+
+def first_step_logits(engine, stream, ids, emb):
+    stream.append(ids, emb)
+    return engine.runner.run(engine.scheduler.schedule([stream.seq]))[0]
+
+
+def test_eviction_matches_attending_to_the_kept_tokens(tiny):
+    """Empty sink. The windowed stream evicts for the first time at the last turn; its logits then
+    equal those of an unbounded engine's query attending to exactly the kept cached tokens at their
+    original positions (same relative positions, no rotation, no move)."""
+    from hpo_engine.cache.window import slots_of
+    from hpo_engine.kernels import store_kv
+    from hpo_engine.runtime.sequence import Sequence
+    folder, hf = tiny
+    turns = dialogue_turns(7, 8, hf.config.hidden_size)
+    params = SamplingParams(max_new_tokens=4, stop_token_ids=[], banned_token_ids=[PH])
+    full = Engine.from_pretrained(folder, num_blocks=64, placeholder_token_id=PH)
+    a = full.open_stream()
+    for ids, emb in turns[:-1]:
+        a.append(ids, emb)
+        a.generate(params)
+    n = a.num_cached_tokens + 1                     # + the pending last token
+    window = n + len(turns[-1][0]) - 1               # the last turn overflows it by one token
+    windowed = Engine.from_pretrained(folder, num_blocks=64, placeholder_token_id=PH, max_cache_tokens=window)
+    b = windowed.open_stream()
+    for ids, emb in turns[:-1]:
+        b.append(ids, emb)
+        b.generate(params)
+    assert b.seq.num_evicted == 0
+    got = first_step_logits(windowed, b, *turns[-1])
+    cut = b.seq.num_evicted
+    assert cut > 0 and cut in a.seq.turn_starts
+
+    # reference: a fresh sequence in the unbounded engine holding a copy of a's K/V for [cut, n)
+    bs = full.pool.block_size
+    a.append(*turns[-1])
+    assert full.runner.reserve(a.seq, a.seq.num_pending)
+    ref_seq = Sequence(seq_id=999)
+    ref_seq.block_table = full.pool.allocate_many(-(-(n - cut) // bs))
+    src = slots_of(a.seq, cut, n - 1, bs)
+    dst = slots_of(ref_seq, 0, n - 1 - cut, bs)
+    for k_cache, v_cache in full.kv.layers:
+        store_kv(k_cache.view(-1, *k_cache.shape[2:])[src], v_cache.view(-1, *v_cache.shape[2:])[src],
+                 k_cache, v_cache, dst)
+    ref_seq.num_cached, ref_seq.next_position = n - 1 - cut, n - 1
+    ref_seq.push(a.seq.pending_ids, a.seq.pending_keys, a.seq.pending_is_speech)
+    ref_seq.pending_embeds = list(a.seq.pending_embeds)
+    assert full.runner.reserve(ref_seq, ref_seq.num_pending)
+    want = full.runner.run([(ref_seq, ref_seq.num_pending)])[0]
+    unwindowed = full.runner.run([(a.seq, a.seq.num_pending)])[0]
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(unwindowed, want, atol=1e-3)     # the evicted tokens did matter
