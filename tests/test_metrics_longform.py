@@ -58,15 +58,34 @@ def make_talks(tmp_path, seed, char_level=False, n_recordings=2, sentences=(3, 8
     return tmp_path / "instances.log", tmp_path / "refs.txt", tmp_path / "segs.yaml"
 
 
+class _SerialPool:
+    """Stands in for multiprocessing.Pool in OmniSTEval: no fork of the test process."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, items):
+        return list(map(fn, items))
+
+
 def omnisteval_longform(hyp, refs, segs, char_level, lang, tokenizer, fix=False):
+    import omnisteval.alignment
     from omnisteval.io import load_resegmentation_inputs
     from omnisteval.resegment import resegment
     from omnisteval.scoring import evaluate_instances
 
     ref_words, hyp_words, segmentation, ref_sentences = load_resegmentation_inputs(
         str(segs), None, str(refs), str(hyp), "jsonl", char_level, False, fix, "delays", "elapsed")
-    instances, _ = resegment(ref_words, hyp_words, segmentation, ref_sentences,
-                             char_level=char_level, lang=lang)
+    pool = omnisteval.alignment.Pool
+    omnisteval.alignment.Pool = _SerialPool
+    try:
+        instances, _ = resegment(ref_words, hyp_words, segmentation, ref_sentences,
+                                 char_level=char_level, lang=lang)
+    finally:
+        omnisteval.alignment.Pool = pool
     scores, _, _ = evaluate_instances(instances, is_longform=True, bleu_tokenizer=tokenizer)
     return scores
 

@@ -40,7 +40,10 @@ def test_unusual_yaml_falls_back_to_pyyaml(text, tmp_path):
     path = tmp_path / "segs.yaml"
     path.write_text(text)
     data = yaml.safe_load(text)
-    if isinstance(data, list) and all(isinstance(d, dict) and {"wav", "offset", "duration"} <= set(d) for d in data):
+    numeric = isinstance(data, list) and all(
+        isinstance(d, dict) and {"wav", "offset", "duration"} <= set(d)
+        and all(isinstance(d[k], (int, float)) for k in ("offset", "duration")) for d in data)
+    if numeric:
         assert [(s.wav, s.offset, s.duration) for s in read_segmentation(path)] == \
             [(str(d["wav"]), d["offset"], d["duration"]) for d in data]
     else:
@@ -52,6 +55,9 @@ def test_missing_field_and_invalid_yaml(tmp_path):
     path = tmp_path / "segs.yaml"
     path.write_text("- {wav: a.wav, offset: 1.0}\n")
     with pytest.raises(MetricsInputError, match="segment 0 is missing field 'duration'"):
+        read_segmentation(path)
+    path.write_text("- {wav: a.wav, offset: soon, duration: 2.0}\n")
+    with pytest.raises(MetricsInputError, match="segment 0 field 'offset' must be a number"):
         read_segmentation(path)
     path.write_text("- {wav: a.wav, offset: [1.0\n")
     with pytest.raises(MetricsInputError, match="invalid YAML"):

@@ -148,6 +148,10 @@ def read_segmentation(path: Union[str, Path]) -> List[SegmentDefinition]:
         for key in ("wav", "offset", "duration"):
             if key not in entry:
                 raise MetricsInputError(f"{path}: segment {i} is missing field {key!r}")
+        for key in ("offset", "duration"):
+            value = entry[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise MetricsInputError(f"{path}: segment {i} field {key!r} must be a number (seconds)")
         segments.append(SegmentDefinition(str(entry["wav"]), entry["offset"], entry["duration"]))
     return segments
 

@@ -60,14 +60,15 @@ def tokenize_units(units: Sequence[Unit], lang: Optional[str]) -> List[Unit]:
     return out
 
 
-def _features(texts: Sequence[str], char_ids: Dict[str, int], words_per_mask: int, char_level: bool):
-    token_ids: Dict[str, int] = {}
-    tokens, punct, masks = [], [], []
-    mask_of: Dict[str, List[int]] = {}
-    for text in texts:
-        tokens.append(token_ids.setdefault(text, len(token_ids)))
-        punct.append(1 if text in PUNCT else 0)
-        if not char_level:
+def _features(texts: Sequence[str], token_ids: Dict[str, int], char_ids: Dict[str, int],
+              words_per_mask: int, char_level: bool):
+    """Token ids, punctuation flags and character-set bit masks (uint64 words) of the units."""
+    tokens = [token_ids[t] for t in texts]
+    punct = [1 if t in PUNCT else 0 for t in texts]
+    masks: List[int] = []
+    if not char_level:
+        mask_of: Dict[str, List[int]] = {}
+        for text in texts:
             mask = mask_of.get(text)
             if mask is None:
                 bits = 0
@@ -86,21 +87,16 @@ def align(ref: Sequence[Unit], hyp: Sequence[Unit], char_level: bool):
 
     ref_texts = [u.text for u in ref]
     hyp_texts = [u.text for u in hyp]
+    token_ids: Dict[str, int] = {}  # shared by both sides: equal ids = equal texts
     char_ids: Dict[str, int] = {}
-    words_per_mask = 0
-    if not char_level:
-        for text in ref_texts + hyp_texts:
+    for text in ref_texts + hyp_texts:
+        token_ids.setdefault(text, len(token_ids))
+        if not char_level:
             for c in text:
                 char_ids.setdefault(c, len(char_ids))
-        words_per_mask = max(1, (len(char_ids) + 63) // 64)
-    # token ids must be shared by both sides: build them over the union
-    shared: Dict[str, int] = {}
-    for t in ref_texts + hyp_texts:
-        shared.setdefault(t, len(shared))
-    r_tok, r_punct, r_mask = _features(ref_texts, char_ids, words_per_mask, char_level)
-    h_tok, h_punct, h_mask = _features(hyp_texts, char_ids, words_per_mask, char_level)
-    r_tok = [shared[t] for t in ref_texts]
-    h_tok = [shared[t] for t in hyp_texts]
+    words_per_mask = 0 if char_level else max(1, (len(char_ids) + 63) // 64)
+    r_tok, r_punct, r_mask = _features(ref_texts, token_ids, char_ids, words_per_mask, char_level)
+    h_tok, h_punct, h_mask = _features(hyp_texts, token_ids, char_ids, words_per_mask, char_level)
     path = _C.soft_align(r_tok, r_punct, r_mask, h_tok, h_punct, h_mask, words_per_mask, char_level)
     return [(None if i < 0 else i, None if j < 0 else j) for i, j in path]
 
