@@ -57,3 +57,27 @@ def test_unaligned_segment_gets_worst_quality():
     assert segment_quality(-3.5, "metricx") == -3.5
     with pytest.raises(ValueError, match="no worst value"):
         segment_quality(None, "mystery")
+
+
+def test_mwer_aligned_groups_by_hand():
+    from hpo_engine.metrics.reward import mwer_aligned_groups
+
+    timed = units_with_delays(["the cat", "sat on", "the mat ."], "en", 1.0)
+    refs = ["The cat sat", "on the mat .", "Nothing here"]
+    groups = mwer_aligned_groups(timed, refs, [(0.0, 3.0), (3.0, 6.0), (6.0, 8.0)], "en")
+    assert [g.piece for g in groups] == ["the cat sat", "on the mat .", ""]
+    # group 1: span [0, 3], R = 3, delays 1, 1, 2: step 1 -> ((1-1) + (1-2) + (2-3)) / 3
+    assert groups[0].latency == pytest.approx(-2 / 3)
+    # group 2: span [3, 6], R = 4, delays 2, 3, 3, 3: step 0.75
+    assert groups[1].latency == pytest.approx(sum(d - 0.75 * j - 3 for j, d in enumerate([2, 3, 3, 3], 1)) / 4)
+    assert groups[2].latency == DEFAULT_MAX_LATENCY and groups[2].delays == []
+
+
+def test_mwer_aligned_groups_characters():
+    from hpo_engine.metrics.reward import mwer_aligned_groups
+
+    timed = units_with_delays(["你好，", "世界。再见"], "zh", 1.12)
+    groups = mwer_aligned_groups(timed, ["你好，世界。", "再见。"], [(0.0, 2.0), (2.0, 3.0)], "zh")
+    assert [g.piece for g in groups] == ["你好，世界。", "再见"]
+    assert [len(g.delays) for g in groups] == [6, 2]
+    assert groups[1].delays == pytest.approx([2.24, 2.24])

@@ -3,7 +3,8 @@ resegmentation, sacrebleu quality, optional neural scorers, and the HPO reward p
 from .mwer import mwer_segment
 from .omnisteval_longform import long_yaal, resegment_soft
 from .quality import corpus_bleu, corpus_chrf, corpus_ter, sentence_bleu, sentence_chrf
-from .reward import (clause_pieces_with_delays, join_turns, latency_units, segment_latency,
+from .reward import (clause_pieces_with_delays, join_turns, latency_units, mwer_aligned_groups,
+                     segment_latency,
                      segment_quality, split_clauses, units_with_delays)
 from .scoring import score_longform, score_shortform
 from .simuleval_latency import (average_lagging, average_proportion, corpus_latency,
@@ -15,7 +16,8 @@ from .yaal import yaal
 __all__ = [
     "average_lagging", "average_proportion", "clause_pieces_with_delays", "corpus_bleu",
     "corpus_chrf", "corpus_latency", "corpus_ter", "differentiable_average_lagging", "join_turns",
-    "latency_units", "length_adaptive_average_lagging", "long_yaal", "mwer_segment",
+    "latency_units", "length_adaptive_average_lagging", "long_yaal", "mwer_aligned_groups",
+    "mwer_segment",
     "prediction_units", "reference_length", "resegment_mwer", "resegment_soft", "score_longform",
     "score_shortform", "segment_latency", "segment_quality", "sentence_bleu", "sentence_chrf",
     "split_clauses", "stream_laal", "units_with_delays", "yaal",

@@ -111,3 +111,39 @@ def segment_quality(score: Optional[float], metric: str) -> float:
         return WORST_QUALITY[metric.lower()]
     except KeyError:
         raise ValueError(f"no worst value known for quality metric {metric!r}") from None
+
+
+@dataclass
+class AlignedGroup:
+    """A reference sentence with the hypothesis piece aligned to it and that piece's latency (s)."""
+
+    reference: str
+    piece: str
+    delays: List[float]
+    latency: float
+
+
+def mwer_aligned_groups(timed: TimedUnits, references: Sequence[str],
+                        spans: Sequence[Tuple[float, float]], lang: str,
+                        max_latency: float = DEFAULT_MAX_LATENCY) -> List[AlignedGroup]:
+    """HPO's mWER variant: split the timed hypothesis into exactly len(references) pieces by mWER
+    resegmentation and give each reference sentence (source span [start, end] s) the latency of
+    the units aligned to it (`segment_latency`; `max_latency` when none are)."""
+    from .mwer import mwer_segment
+
+    if len(spans) != len(references):
+        raise ValueError(f"{len(references)} references but {len(spans)} source spans")
+    char_level = is_char_language(lang)
+    text = ("" if char_level else " ").join(timed.units)
+    pieces = mwer_segment(text, references, char_level=char_level)
+    groups, used = [], 0
+    for reference, piece, (start, end) in zip(references, pieces, spans):
+        n = len(latency_units(piece, lang))
+        delays = timed.delays[used:used + n]
+        used += n
+        ref_len = len(latency_units(reference, lang))
+        groups.append(AlignedGroup(reference, piece, delays,
+                                   segment_latency(start, end, ref_len, delays, max_latency)))
+    if used != len(timed.units):
+        raise ValueError(f"resegmentation kept {used} of {len(timed.units)} units")
+    return groups
