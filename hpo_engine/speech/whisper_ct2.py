@@ -148,7 +148,10 @@ def load_tiny_en(cache_dir: str | Path | None = None) -> tuple[dict, dict[str, t
     folder = Path(cache_dir) if cache_dir else cache_root() / f"whisper-tiny.en-{TINY_EN_SHA256[:12]}"
     weights, config = folder / "model.safetensors", folder / "config.json"
     if weights.is_file() and config.is_file():
-        return json.loads(config.read_text()), load_file(weights)
+        try:
+            return json.loads(config.read_text()), load_file(weights)
+        except Exception:  # a damaged cache (disk full, killed writer): convert again below
+            pass
     cfg, sd = convert(find_tiny_en_bin(), TINY_EN_SHA256)
     folder.mkdir(parents=True, exist_ok=True)
     unique = {k: t for k, t in sd.items() if k != "proj_out.weight"}  # safetensors refuses shared storage
