@@ -5,7 +5,8 @@ A chunk is `chunk_frames` encoder frames (HPO: 1.12 s = 56 frames, stacked by 4 
 
 When the audio reaches the end of chunk k (sample n_k = 320 * e1), the encoder runs on a WINDOW:
 
-    encoder frames [w0, e1), w0 = max(0, e1 - chunk - left_context)   -> outputs of [e1 - chunk, e1) are emitted
+    e0 = e1 - chunk (first frame not emitted yet), w0 = max(0, e0 - left_context)
+    encoder frames [w0, e1) are encoded; the outputs of [e0, e1) are emitted
     mel of the window = Whisper's log-mel of the audio prefix [0, n_k), sliced to mel frames [2 w0, 2 e1)
     clamp floor = (max over the window) - 8, as Whisper does for one input
     positions: frame f gets position f - origin, with origin chosen by `positions`:
