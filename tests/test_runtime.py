@@ -129,3 +129,47 @@ def test_eviction_matches_attending_to_the_kept_tokens(tiny):
     unwindowed = full.runner.run([(a.seq, a.seq.num_pending)])[0]
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(unwindowed, want, atol=1e-3)     # the evicted tokens did matter
+
+
+def test_group_rollout_is_asynchronous_and_matches_single_dialogues(tiny):
+    """G forks share the first turn's blocks; each sample's multi-turn output equals the same
+    dialogue run alone with the same seed; tokens carry their turn index."""
+    folder, hf = tiny
+    turns = dialogue_turns(3, 5, hf.config.hidden_size)
+    params = SamplingParams(max_new_tokens=5, temperature=1.0, top_k=50, seed=100, stop_token_ids=[1])
+    engine = Engine.from_pretrained(folder, num_blocks=128, placeholder_token_id=PH)
+    group = engine.rollout_group(turns[0], turns[1:], group_size=4, params=params)
+    assert engine.pool.num_used == 0 and not engine.streams
+    assert len({tuple(d.token_ids) for d in group}) > 1          # different seeds, different samples
+    for g, dialogue in enumerate(group):
+        assert len(dialogue.turns) == 5
+        alone = run_alone(folder, turns, SamplingParams(**{**params.__dict__, "seed": 100 + g}))
+        # one generator across turns in the group vs one per generate() call alone: compare turn 0
+        assert dialogue.turns[0].token_ids == alone[0].token_ids
+        assert dialogue.turns[0].logprobs == pytest.approx(alone[0].logprobs, abs=1e-5)
+        assert dialogue.token_turns == [k for k, t in enumerate(dialogue.turns) for _ in t.token_ids]
+
+
+def test_greedy_group_rollout_equals_sequential_dialogue(tiny):
+    folder, hf = tiny
+    turns = dialogue_turns(4, 4, hf.config.hidden_size)
+    greedy = SamplingParams(max_new_tokens=4, stop_token_ids=[1])
+    engine = Engine.from_pretrained(folder, num_blocks=128, placeholder_token_id=PH)
+    group = engine.rollout_group(turns[0], turns[1:], group_size=3, params=greedy)
+    alone = run_alone(folder, turns, greedy)
+    for dialogue in group:
+        assert [t.token_ids for t in dialogue.turns] == [o.token_ids for o in alone]
+        assert dialogue.logprobs == pytest.approx([lp for o in alone for lp in o.logprobs], abs=1e-5)
+
+
+def test_stream_counters(tiny):
+    folder, hf = tiny
+    engine = Engine.from_pretrained(folder, num_blocks=64, placeholder_token_id=PH)
+    s = engine.open_stream()
+    for ids, emb in dialogue_turns(5, 3, hf.config.hidden_size):
+        s.append(ids, emb)
+        s.generate(SamplingParams(max_new_tokens=3, stop_token_ids=[]))
+    st = s.stats()
+    assert st["turns"] == 3 and st["generated_tokens"] == 9
+    assert st["cached_tokens"] == s.num_cached_tokens and st["blocks"] == len(s.seq.block_table)
+    assert st["mean_turn_s"] > 0

@@ -6,7 +6,8 @@ user turn and the start of the answer cost one forward. The token that ends a tu
 pending and is computed with the next turn.
 """
 import itertools
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +31,34 @@ class GenerationOutput:
     logprobs: list[float]
     finish_reason: str           # "stop" | "length"
     text: str | None = None
+
+
+@dataclass
+class DialogueOutput:
+    turns: list[GenerationOutput]
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for turn in self.turns for t in turn.token_ids]
+
+    @property
+    def logprobs(self) -> list[float]:
+        return [lp for turn in self.turns for lp in turn.logprobs]
+
+    @property
+    def token_turns(self) -> list[int]:
+        """The turn index of every generated token (its delay is the speech consumed by then)."""
+        return [k for k, turn in enumerate(self.turns) for _ in turn.token_ids]
+
+
+@dataclass
+class _Job:
+    stream: "Stream"
+    later_turns: list
+    params: SamplingParams
+    generator: torch.Generator | None
+    output: DialogueOutput = field(default_factory=lambda: DialogueOutput([GenerationOutput([], [], "length")]))
+    turn_started: float = field(default_factory=time.perf_counter)
 
 
 class Engine:
@@ -72,48 +101,69 @@ class Engine:
 
     def generate_many(self, requests: list[tuple["Stream", SamplingParams]]) -> list[GenerationOutput]:
         """One assistant turn for each listed stream, batched together; outputs in request order."""
-        if len({id(s) for s, _ in requests}) != len(requests):
-            raise ValueError("a stream may appear only once in generate_many")
-        for stream, _ in requests:
+        return [d.turns[0] for d in self.generate_dialogues([(s, [], p) for s, p in requests])]
+
+    def generate_dialogues(self, jobs: list[tuple["Stream", list, SamplingParams]]) -> list["DialogueOutput"]:
+        """Several turns for each stream, all streams batched together and asynchronous.
+
+        A job is (stream, later_turns, params): the stream answers what is already appended, then each
+        (token_ids, embeds) of `later_turns` is appended the moment its previous answer ends and
+        answered in turn, with no barrier across streams (a group rollout's samples run freely).
+        One random generator per job lasts across its turns.
+        """
+        if len({id(s) for s, _, _ in jobs}) != len(jobs):
+            raise ValueError("a stream may appear only once in one call")
+        for stream, _, _ in jobs:
             stream._check_open()
             if stream.seq.num_pending == 0:
                 raise ValueError(f"stream {stream.seq.seq_id} has nothing to answer: append a turn first")
-        outs = [GenerationOutput([], [], "length") for _ in requests]
-        generators = [self._generator(p) for _, p in requests]
-        index = {id(stream.seq): i for i, (stream, _) in enumerate(requests)}
-        active = [stream.seq for stream, _ in requests]
-        while active:
-            batch = self.scheduler.schedule(active)
+        running = [_Job(stream, list(turns), params, self._generator(params)) for stream, turns, params in jobs]
+        by_seq = {id(job.stream.seq): job for job in running}
+        while running:
+            batch = self.scheduler.schedule([job.stream.seq for job in running])
             logits = self.runner.run(batch)
-            active = self._postprocess(batch, logits, active, requests, index, outs, generators)
-        for (stream, _), out in zip(requests, outs):
-            stream.seq.in_turn = False
-            stream.seq.num_turns += 1
-            stream.seq.num_generated += len(out.token_ids)
-            if self.tokenizer is not None:
-                out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
-        return outs
+            finished = self._postprocess(batch, logits, by_seq)
+            running = [job for job in running if job not in finished]
+        return [by_seq[id(s.seq)].output for s, _, _ in jobs]
 
-    def _postprocess(self, batch, logits, active, requests, index, outs, generators):
-        """Sample for the sequences whose pending tokens are all computed; return those still active."""
-        ready = [(row, index[id(seq)]) for row, (seq, _) in enumerate(batch) if seq.num_pending == 0]
-        done = set()
-        if ready:
-            rows = torch.tensor([row for row, _ in ready], device=logits.device)
-            tokens, logprobs = sample(logits[rows], [requests[i][1] for _, i in ready],
-                                      [generators[i] for _, i in ready])
-            for (_, i), tok, lp in zip(ready, tokens.tolist(), logprobs.tolist()):
-                seq, p, out = requests[i][0].seq, requests[i][1], outs[i]
-                out.token_ids.append(tok)
-                out.logprobs.append(lp)
-                seq.push([tok], token_keys([tok], None, None), [False])
-                stops = self.config.eos_token_ids if p.stop_token_ids is None else p.stop_token_ids
-                if tok in stops:
-                    out.finish_reason = "stop"
-                    done.add(i)
-                elif len(out.token_ids) == p.max_new_tokens:
-                    done.add(i)
-        return [seq for seq in active if index[id(seq)] not in done]
+    def _postprocess(self, batch, logits, by_seq) -> list["_Job"]:
+        """Sample for the sequences whose pending tokens are all computed; end turns; start the next
+        turn of a job at once. Returns the jobs with no turn left."""
+        ready = [(row, by_seq[id(seq)]) for row, (seq, _) in enumerate(batch) if seq.num_pending == 0]
+        if not ready:
+            return []
+        rows = torch.tensor([row for row, _ in ready], device=logits.device)
+        tokens, logprobs = sample(logits[rows], [job.params for _, job in ready],
+                                  [job.generator for _, job in ready])
+        finished = []
+        for (_, job), tok, lp in zip(ready, tokens.tolist(), logprobs.tolist()):
+            out, seq = job.output.turns[-1], job.stream.seq
+            out.token_ids.append(tok)
+            out.logprobs.append(lp)
+            seq.push([tok], token_keys([tok], None, None), [False])
+            stops = self.config.eos_token_ids if job.params.stop_token_ids is None else job.params.stop_token_ids
+            if tok in stops:
+                out.finish_reason = "stop"
+            elif len(out.token_ids) < job.params.max_new_tokens:
+                continue
+            self._end_turn(job)
+            if job.later_turns:
+                job.stream.append(*job.later_turns.pop(0))
+                job.output.turns.append(GenerationOutput([], [], "length"))
+                job.turn_started = time.perf_counter()
+            else:
+                finished.append(job)
+        return finished
+
+    def _end_turn(self, job: "_Job") -> None:
+        seq, out = job.stream.seq, job.output.turns[-1]
+        seq.in_turn = False
+        seq.num_turns += 1
+        seq.num_generated += len(out.token_ids)
+        seq.turn_seconds = time.perf_counter() - job.turn_started
+        seq.total_turn_seconds += seq.turn_seconds
+        if self.tokenizer is not None:
+            out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
 
     def _generator(self, params: SamplingParams) -> torch.Generator | None:
         if params.temperature == 0:
@@ -126,7 +176,26 @@ class Engine:
         return g
 
     def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes (after a weight update the old K/V no longer match the model)."""
         self.pool.reset_prefix_cache()
+
+    def rollout_group(self, first_turn, later_turns, group_size: int, params: SamplingParams):
+        """GRPO-style group: the first turn computed once, then `group_size` forks sharing its blocks
+        run all turns asynchronously, sample g seeded with params.seed + g (when a seed is given).
+        Returns one DialogueOutput per sample; every stream is closed afterwards."""
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        samples = [self.open_stream()]
+        try:
+            samples[0].append(*first_turn)
+            samples[0].prefill()
+            samples += [samples[0].fork() for _ in range(group_size - 1)]
+            jobs = [(s, list(later_turns), replace(params, seed=None if params.seed is None else params.seed + g))
+                    for g, s in enumerate(samples)]
+            return self.generate_dialogues(jobs)
+        finally:
+            for s in samples:
+                s.close()
 
 
 class Stream:
@@ -190,6 +259,23 @@ class Stream:
 
     def generate(self, params: SamplingParams | None = None) -> GenerationOutput:
         return self.engine.generate_many([(self, params or SamplingParams())])[0]
+
+    def prefill(self) -> None:
+        """Compute the pending tokens now, all but the last (which the next generate needs for its
+        logits), so that forks taken afterwards share them instead of computing them each."""
+        self._check_open()
+        while self.seq.num_pending > 1:
+            batch = self.engine.scheduler.schedule([self.seq])
+            batch = [(seq, min(n, seq.num_pending - 1)) for seq, n in batch]
+            self.engine.runner.run(batch)
+
+    def stats(self) -> dict:
+        """Per-stream counters."""
+        seq = self.seq
+        return {"turns": seq.num_turns, "generated_tokens": seq.num_generated,
+                "cached_tokens": seq.num_cached, "blocks": len(seq.block_table),
+                "evicted_tokens": seq.num_evicted, "last_turn_s": seq.turn_seconds,
+                "mean_turn_s": seq.total_turn_seconds / max(seq.num_turns, 1)}
 
     def fork(self) -> "Stream":
         """A new stream with this one's dialogue, sharing its blocks (the partial last block is

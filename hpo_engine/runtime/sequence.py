@@ -25,6 +25,8 @@ class Sequence:
     num_turns: int = 0
     num_generated: int = 0
     num_evicted: int = 0
+    turn_seconds: float = 0.0
+    total_turn_seconds: float = 0.0
 
     @property
     def num_pending(self) -> int:
