@@ -10,7 +10,7 @@ T' = 1500) whose first frame always had position 0; `max_positions` bounds T'.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ class EncoderConfig:
     n_layers: int = 4
     d_ff: int = 1536
     max_positions: int = 1500   # encoder frames (30 s)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     @classmethod
     def from_whisper(cls, cfg) -> "EncoderConfig":

@@ -62,8 +62,8 @@ def log10_mel(audio: torch.Tensor | np.ndarray, n_mels: int = N_MELS) -> torch.T
     the peak survive the clamp and float32 STFT noise there would show up in the features.
     """
     x = torch.as_tensor(audio).to(torch.float64)
-    if x.shape[-1] == 0:
-        raise ValueError("log10_mel: empty audio")
+    if x.shape[-1] <= N_FFT // 2:  # the centred STFT reflects 200 samples at each end
+        raise ValueError(f"log10_mel: {x.shape[-1]} samples; needs more than {N_FFT // 2} (12.5 ms)")
     lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1])
     window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64)
