@@ -71,5 +71,9 @@ def generate(prompt, model_path, system, max_new_tokens, temperature, top_p, top
     stream.close()
 
 
+from hpo_engine.metrics.cli import score  # noqa: E402  (the metrics' own command group)
+
+main.add_command(score)
+
 if __name__ == "__main__":
     sys.exit(main())
