@@ -1,0 +1,99 @@
+"""Atomic checkpoints: write everything into a temporary folder, then one rename.
+
+A checkpoint folder `step_000010/` holds
+  model.safetensors (+ config.json and tokenizer files of the base model: loadable by Engine.from_pretrained),
+  optimizer.pt, rng.pt (torch, numpy, python states), state.json (step, data position, validation, config).
+A crash mid-write leaves only a `.tmp-*` folder, which is ignored and cleaned up later.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step_{step:06d}"
+
+
+def list_checkpoints(root) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")
+                  and (p / "state.json").is_file())
+
+
+def model_state(model) -> dict:
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)   # tied: stored once, as the embedding
+    return state
+
+
+def save_checkpoint(root, step: int, model, optimizer, state: dict, base_model: Path) -> Path:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = step_dir(root, step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(model_state(model), str(tmp / "model.safetensors"))
+    for name in BASE_FILES:
+        if (Path(base_model) / name).is_file():
+            shutil.copy2(Path(base_model) / name, tmp / name)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+               tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+    for f in tmp.iterdir():       # data on disk before the rename makes it visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():            # a re-run of the same step replaces its checkpoint
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    return final
+
+
+def load_checkpoint(path, model, optimizer) -> dict:
+    """Restore weights, optimizer and RNG states in place; return state.json."""
+    path = Path(path)
+    weights = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and model.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    return json.loads((path / "state.json").read_text())
+
+
+def prune(root, keep_best: int, metric: str) -> None:
+    """Keep the latest checkpoint and the `keep_best` best by state.json's validation[metric]
+    (higher is better); checkpoints never validated count as worst. Stale temp folders go too."""
+    root = Path(root)
+    for tmp in root.glob(".tmp-step_*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    ckpts = list_checkpoints(root)
+    if not ckpts:
+        return
+    def score(p):
+        v = json.loads((p / "state.json").read_text()).get("validation") or {}
+        return v.get(metric, float("-inf"))
+    ranked = sorted(ckpts[:-1], key=lambda p: (score(p), p.name), reverse=True)
+    for p in ranked[keep_best:]:
+        shutil.rmtree(p)

@@ -1,0 +1,202 @@
+"""Training windows: a JSONL manifest, its validation, and a resumable loader.
+
+One manifest line is one window of a long recording:
+
+    {"id": "talk1-0003",
+     "features": "feats/talk1.npy",        # precomputed speech embeddings (path relative to the manifest)
+     "features_row": 3,                    # optional: row of a 3-D array [rows, frames, dim]
+     "frame_start": 0, "frame_end": 840,   # optional: frame range of a 2-D array [frames, dim]
+     "window_start": 201.6, "window_end": 268.8,   # seconds in the recording
+     "segments": [{"start": 0.4, "end": 7.9}, ...], # per-sentence source times, seconds from window_start
+     "src_segments": ["...", ...], "tgt_segments": ["...", ...]}
+
+The paper's parquet column names are accepted as aliases (`audio_npy_path`, `audio_npy_row`,
+`segment_info`; `audio_duration` when window_start/end are absent). A line may name `audio`
+instead of features; the trainer then refuses it (no speech encoder is wired into training).
+Errors name the file, the line and the field.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ALIASES = {"audio_npy_path": "features", "audio_npy_row": "features_row", "segment_info": "segments"}
+KNOWN = {"id", "features", "features_row", "frame_start", "frame_end", "audio", "window_start", "window_end",
+         "audio_duration", "segments", "src_segments", "tgt_segments", "chunk_frame_size"}
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass
+class WindowRecord:
+    """One validated manifest line (speech not loaded yet)."""
+    id: str
+    features: Path | None
+    features_row: int | None
+    frame_start: int | None
+    frame_end: int | None
+    audio: Path | None
+    window_start: float
+    window_end: float
+    segments: list[tuple[float, float]]
+    sources: list[str]
+    references: list[str]
+
+
+@dataclass
+class Window:
+    """A window ready for a rollout: speech embeddings cut into chunks of P frames."""
+    id: str
+    embeds: np.ndarray                 # [num_chunks * P, dim] float32 (the last chunk zero-padded)
+    num_chunks: int
+    segments: list[tuple[float, float]]
+    sources: list[str]
+    references: list[str]
+
+
+def _number(rec: dict, key: str, where: str, integer=False):
+    v = rec[key]
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok or (not integer and not math.isfinite(v)):
+        raise ManifestError(f"{where}: field {key!r} must be {'an integer' if integer else 'a number'}, got {v!r}")
+    return v
+
+
+def parse_line(rec, where: str, base: Path) -> WindowRecord:
+    if not isinstance(rec, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    rec = {ALIASES.get(k, k): v for k, v in rec.items()}
+    unknown = sorted(set(rec) - KNOWN)
+    if unknown:
+        raise ManifestError(f"{where}: unknown field {unknown[0]!r}")
+    if ("features" in rec) == ("audio" in rec):
+        raise ManifestError(f"{where}: field 'features' (or 'audio'): give exactly one of them")
+    for key in ("features", "audio"):
+        if key in rec and not isinstance(rec[key], str):
+            raise ManifestError(f"{where}: field {key!r} must be a path string, got {rec[key]!r}")
+    row = _number(rec, "features_row", where, integer=True) if rec.get("features_row") is not None else None
+    f0 = _number(rec, "frame_start", where, integer=True) if "frame_start" in rec else None
+    f1 = _number(rec, "frame_end", where, integer=True) if "frame_end" in rec else None
+    if f0 is not None and f1 is not None and not 0 <= f0 < f1:
+        raise ManifestError(f"{where}: field 'frame_end' must be > frame_start >= 0, got {f0}..{f1}")
+    if "window_start" in rec or "window_end" in rec:
+        for key in ("window_start", "window_end"):
+            if key not in rec:
+                raise ManifestError(f"{where}: field {key!r} is missing")
+        w0, w1 = _number(rec, "window_start", where), _number(rec, "window_end", where)
+    elif "audio_duration" in rec:
+        w0, w1 = 0.0, _number(rec, "audio_duration", where)
+    else:
+        raise ManifestError(f"{where}: field 'window_start' is missing (or give 'audio_duration')")
+    if not w1 > w0:
+        raise ManifestError(f"{where}: field 'window_end' must be > window_start, got {w0}..{w1}")
+    for key in ("segments", "src_segments", "tgt_segments"):
+        if not isinstance(rec.get(key), list) or not rec[key]:
+            raise ManifestError(f"{where}: field {key!r} must be a non-empty list")
+    n = len(rec["tgt_segments"])
+    for key in ("segments", "src_segments"):
+        if len(rec[key]) != n:
+            raise ManifestError(f"{where}: field {key!r} has {len(rec[key])} entries but tgt_segments has {n}")
+    spans = []
+    for i, seg in enumerate(rec["segments"]):
+        if not (isinstance(seg, dict) and "start" in seg and "end" in seg):
+            raise ManifestError(f"{where}: field 'segments[{i}]' must be {{start, end}}, got {seg!r}")
+        s, e = _number(seg, "start", f"{where}: segments[{i}]"), _number(seg, "end", f"{where}: segments[{i}]")
+        if not 0 <= s <= e:
+            raise ManifestError(f"{where}: field 'segments[{i}]' needs 0 <= start <= end, got {s}..{e}")
+        spans.append((float(s), float(e)))
+    for key in ("src_segments", "tgt_segments"):
+        for i, text in enumerate(rec[key]):
+            if not isinstance(text, str) or not text.strip():
+                raise ManifestError(f"{where}: field '{key}[{i}]' must be a non-empty string, got {text!r}")
+    return WindowRecord(
+        id=str(rec.get("id", where)),
+        features=(base / rec["features"]) if "features" in rec else None, features_row=row,
+        frame_start=f0, frame_end=f1, audio=(base / rec["audio"]) if "audio" in rec else None,
+        window_start=float(w0), window_end=float(w1), segments=spans,
+        sources=list(rec["src_segments"]), references=list(rec["tgt_segments"]))
+
+
+def read_manifest(path) -> list[WindowRecord]:
+    """Parse and check every line (blank lines skipped); files named are checked to exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{where}: not valid JSON: {exc.msg}") from None
+        record = parse_line(rec, where, path.parent)
+        speech = record.features or record.audio
+        if not speech.is_file():
+            raise ManifestError(f"{where}: field {'features' if record.features else 'audio'!r}: {speech} not found")
+        records.append(record)
+    if not records:
+        raise ManifestError(f"{path}: no windows")
+    return records
+
+
+def load_window(rec: WindowRecord, frames_per_chunk: int, max_chunks: int) -> Window:
+    """The window's speech as at most `max_chunks` chunks of P frames (last one zero-padded)."""
+    if rec.features is None:
+        raise ManifestError(f"window {rec.id}: audio windows need the speech encoder; give precomputed 'features'")
+    arr = np.load(rec.features, mmap_mode="r")
+    if rec.features_row is not None:
+        if arr.ndim != 3 or not 0 <= rec.features_row < arr.shape[0]:
+            raise ManifestError(f"window {rec.id}: field 'features_row' = {rec.features_row} does not index "
+                                f"{rec.features} of shape {arr.shape}")
+        arr = arr[rec.features_row]
+    if arr.ndim != 2:
+        raise ManifestError(f"window {rec.id}: {rec.features} must hold [frames, dim] rows, got shape {arr.shape}")
+    arr = arr[rec.frame_start or 0: rec.frame_end]
+    if arr.shape[0] == 0:
+        raise ManifestError(f"window {rec.id}: field 'frame_end': empty frame range")
+    num_chunks = min(max_chunks, -(-arr.shape[0] // frames_per_chunk))
+    out = np.zeros((num_chunks * frames_per_chunk, arr.shape[1]), dtype=np.float32)
+    take = min(len(out), arr.shape[0])
+    out[:take] = arr[:take]
+    return Window(rec.id, out, num_chunks, rec.segments, rec.sources, rec.references)
+
+
+class WindowLoader:
+    """Endless, resumable stream of windows: a seeded permutation per epoch; its position is
+    (epoch, index) so that a resumed run draws exactly the windows it would have drawn."""
+
+    def __init__(self, records: list[WindowRecord], frames_per_chunk: int, chunks_per_window: int,
+                 seed: int = 0, shuffle: bool = True):
+        self.records, self.P, self.N = records, frames_per_chunk, chunks_per_window
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.index = 0, 0
+
+    def _order(self) -> np.ndarray:
+        n = len(self.records)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+
+    def next_batch(self, n: int) -> list[Window]:
+        out = []
+        while len(out) < n:
+            if self.index >= len(self.records):
+                self.epoch, self.index = self.epoch + 1, 0
+            rec = self.records[int(self._order()[self.index])]
+            self.index += 1
+            out.append(load_window(rec, self.P, self.N))
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])

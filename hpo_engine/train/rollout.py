@@ -1,0 +1,173 @@
+"""Dialogue turns of a window, group rollouts through the runtime, and packed training sequences.
+
+Format (DESIGN.md, ChatML): turn 0 = system instruction + "<|im_start|>user\n" + P placeholders +
+"<|im_end|>\n<|im_start|>assistant\n"; turn k >= 1 = "\n<|im_start|>user\n" + P placeholders + the
+same suffix (the leading "\n" follows the previous answer's <|im_end|>). The k-th placeholder of the
+dialogue takes the k-th speech frame. A sample's training sequence is exactly what the engine saw:
+turn 0, answer 0, turn 1, answer 1, ... with positions 0..T-1, so the trainer's forward recomputes
+the sampler's logprobs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hpo_engine.runtime.sampling import SamplingParams
+from hpo_engine.train.data import Window
+
+
+@dataclass
+class DialogueFormat:
+    first_prefix: list[int]
+    turn_prefix: list[int]
+    turn_suffix: list[int]
+    placeholder_id: int
+    stop_id: int
+    banned_ids: list[int]
+
+    @classmethod
+    def from_config(cls, d, tokenizer, vocab_size: int) -> "DialogueFormat":
+        """Template ids from the config when given (tokenizer-less models), else from the tokenizer."""
+        def ids(text):
+            if tokenizer is None:
+                raise ValueError("dialogue template ids are required when the model has no tokenizer "
+                                 "(dialogue.first_prefix_ids / turn_prefix_ids / turn_suffix_ids)")
+            return tokenizer.encode(text, add_special_tokens=False)
+
+        def special(name):
+            if tokenizer is None:
+                raise ValueError(f"dialogue: the model has no tokenizer; give the id of {name} in the config")
+            tid = tokenizer.convert_tokens_to_ids(name)
+            if tid is None or tid == tokenizer.unk_token_id:
+                raise ValueError(f"dialogue: the tokenizer has no {name}; give its id in the config")
+            return tid
+
+        first = d.first_prefix_ids if d.first_prefix_ids is not None else \
+            ids(f"<|im_start|>system\n{d.instruction}<|im_end|>\n<|im_start|>user\n")
+        prefix = d.turn_prefix_ids if d.turn_prefix_ids is not None else ids("\n<|im_start|>user\n")
+        suffix = d.turn_suffix_ids if d.turn_suffix_ids is not None else ids("<|im_end|>\n<|im_start|>assistant\n")
+        placeholder = d.placeholder_token_id if d.placeholder_token_id is not None else special("<|video_pad|>")
+        stop = d.stop_token_id if d.stop_token_id is not None else special("<|im_end|>")
+        if d.banned_token_ids is not None:
+            banned = list(d.banned_token_ids)
+        else:  # HPO: every id above <|im_end|> and the newline tokens
+            banned = list(range(stop + 1, vocab_size))
+            if tokenizer is not None:
+                banned += [i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([t])
+                           and i < stop]
+        for name, v in (("placeholder", placeholder), ("stop", stop)):
+            if not 0 <= v < vocab_size:
+                raise ValueError(f"dialogue: {name} token id {v} outside the vocabulary [0, {vocab_size})")
+        if stop in banned:
+            raise ValueError("dialogue.banned_token_ids: must not contain the stop token")
+        return cls(list(first), list(prefix), list(suffix), placeholder, stop, sorted(set(banned)))
+
+    def user_turn(self, k: int, P: int) -> list[int]:
+        return (self.first_prefix if k == 0 else self.turn_prefix) + [self.placeholder_id] * P + self.turn_suffix
+
+
+class TextCodec:
+    """Token ids <-> text. Tokenizer-less models (tests) use one word per id: "t17"."""
+
+    def __init__(self, tokenizer, stop_id: int):
+        self.tokenizer, self.stop_id = tokenizer, stop_id
+
+    def decode(self, ids) -> str:
+        ids = [i for i in ids if i != self.stop_id]
+        if self.tokenizer is None:
+            return " ".join(f"t{i}" for i in ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            return [int(w[1:]) for w in text.split()]
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+@dataclass
+class Sample:
+    """One trajectory, as generated and as the trainer packs it."""
+    window: int                        # index of its window in the step's batch (the reward group)
+    answers: list[list[int]]           # token ids per assistant turn (each turn's stop token included)
+    input_ids: torch.Tensor            # [T] the whole dialogue
+    speech_mask: torch.Tensor          # [T] bool, placeholder positions
+    embeds: torch.Tensor               # [n_placeholders, H]
+    assistant_mask: torch.Tensor       # [T] bool, generated tokens (the trained ones)
+    gen_logprobs: torch.Tensor         # [T] the sampler's logprobs at assistant positions, 0 elsewhere
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+    @property
+    def token_turns(self) -> list[int]:
+        return [k for k, a in enumerate(self.answers) for _ in a]
+
+
+def window_turns(window: Window, fmt: DialogueFormat, P: int, dtype=torch.float32, device="cpu"):
+    """(first_turn, later_turns) for `engine.rollout_group`: one user turn per chunk."""
+    embeds = torch.from_numpy(window.embeds).to(device=device, dtype=dtype)
+    turns = [(fmt.user_turn(k, P), embeds[k * P:(k + 1) * P]) for k in range(window.num_chunks)]
+    return turns[0], turns[1:]
+
+
+def pack_dialogue(window: Window, fmt: DialogueFormat, P: int, answers: list[list[int]],
+                  logprobs: list[list[float]] | None = None, index: int = 0, dtype=torch.float32) -> Sample:
+    """The training sequence: user turn k followed by answer k, for every chunk."""
+    ids, speech, assistant, lps = [], [], [], []
+    for k, answer in enumerate(answers):
+        user = fmt.user_turn(k, P)
+        ids += user
+        speech += [t == fmt.placeholder_id for t in user]
+        assistant += [False] * len(user)
+        lps += [0.0] * len(user)
+        ids += answer
+        speech += [False] * len(answer)
+        assistant += [True] * len(answer)
+        lps += list(logprobs[k]) if logprobs is not None else [0.0] * len(answer)
+    n_ph = len(answers) * P
+    return Sample(index, [list(a) for a in answers], torch.tensor(ids, dtype=torch.long),
+                  torch.tensor(speech, dtype=torch.bool),
+                  torch.from_numpy(window.embeds[:n_ph]).to(dtype),
+                  torch.tensor(assistant, dtype=torch.bool), torch.tensor(lps, dtype=torch.float32))
+
+
+def sampling_params(r, fmt: DialogueFormat, seed: int | None, greedy: bool = False) -> SamplingParams:
+    """HPO sampling: temperature 1, top-p 0.999, top-k 10000, banned ids, <= 40*m tokens per turn."""
+    return SamplingParams(max_new_tokens=r.max_new_tokens_per_turn, temperature=0.0 if greedy else r.temperature,
+                          top_p=1.0 if greedy else r.top_p, top_k=0 if greedy else r.top_k,
+                          stop_token_ids=[fmt.stop_id], banned_token_ids=fmt.banned_ids, seed=seed)
+
+
+def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, P: int, seed: int | None,
+            group_size: int | None = None, greedy: bool = False) -> list[Sample]:
+    """B windows x G samples through `engine.rollout_group` (the first turn prefilled once per window).
+    Samples come window by window; sample g of window b is seeded seed + b * G + g."""
+    G = group_size or rollout_cfg.group_size
+    param = next(engine.model.parameters())
+    dtype = param.dtype
+    samples = []
+    for b, window in enumerate(windows):
+        first, later = window_turns(window, fmt, P, dtype, param.device)
+        params = sampling_params(rollout_cfg, fmt, None if seed is None else seed + b * G, greedy)
+        for out in engine.rollout_group(first, later, G, params):
+            answers = [t.token_ids for t in out.turns]
+            logprobs = [t.logprobs for t in out.turns]
+            samples.append(pack_dialogue(window, fmt, P, answers, logprobs, index=b, dtype=dtype))
+    return samples
+
+
+def turn_texts(sample: Sample, codec: TextCodec) -> list[str]:
+    return [codec.decode(a) for a in sample.answers]
+
+
+def banned_vocab_mask(fmt: DialogueFormat, vocab_size: int, device="cpu") -> torch.Tensor:
+    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    if fmt.banned_ids:
+        mask[torch.tensor([i for i in fmt.banned_ids if 0 <= i < vocab_size], dtype=torch.long)] = True
+    return mask
+
+
+__all__ = ["DialogueFormat", "TextCodec", "Sample", "window_turns", "pack_dialogue", "rollout",
+           "sampling_params", "turn_texts", "banned_vocab_mask"]

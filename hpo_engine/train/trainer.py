@@ -1,0 +1,251 @@
+"""SFT and HPO training on the engine's own rollouts.
+
+`hpo_step` is the whole RL algorithm, read top to bottom: rollout -> reward -> advantage -> update.
+The engine holds the very model object being trained (no weight copy); after every update its
+cached prefixes (K/V computed under the old weights) are dropped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpo_engine.metrics.quality import corpus_bleu, corpus_chrf, default_bleu_tokenizer
+from hpo_engine.models.loader import load_model, load_tokenizer
+from hpo_engine.rl.loss import policy_loss
+from hpo_engine.rl.reward import hierarchical_reward
+from hpo_engine.runtime.engine import Engine
+from hpo_engine.train import checkpoint as ckpt
+from hpo_engine.train.config import TrainConfig
+from hpo_engine.train.data import WindowLoader, load_window, read_manifest
+from hpo_engine.train.policy import all_assistant_logprobs, assistant_logprobs, micro_batches, pad_rows
+from hpo_engine.train.reward import hypothesis_text, segment_scores
+from hpo_engine.train.rollout import (DialogueFormat, TextCodec, banned_vocab_mask, pack_dialogue, rollout,
+                                      turn_texts)
+from hpo_engine.train.sft import sft_answers
+
+# Metrics of policy_loss that are token means over the global batch: they add up over micro-batches.
+SUMMED = ("loss", "pg_loss", "kl_loss", "kl", "clip_frac_low", "clip_frac_high", "dual_clip_frac",
+          "ratio_mean", "is_weight_mean", "logprob_error", "entropy")
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None      # frozen initial model (HPO's KL reference)
+    engine: Engine
+    optimizer: torch.optim.Optimizer
+    fmt: DialogueFormat
+    codec: TextCodec
+    banned: torch.Tensor                   # [V] bool, ids the sampler never draws
+    loader: WindowLoader
+    valid: list                            # validation windows (may be empty)
+    out_dir: Path
+
+
+def step_seed(cfg: TrainConfig, step: int) -> int:
+    """Rollout seed of a step (sample g of window b adds b * G + g): a resumed run samples the same."""
+    return cfg.seed * 1_000_003 + step * 65_537
+
+
+def setup(cfg: TrainConfig) -> Run:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    import random
+    random.seed(cfg.seed)
+    dtype = getattr(torch, cfg.model.dtype)
+    model = load_model(cfg.model.path, device=cfg.model.device, dtype=dtype)
+    model.requires_grad_(True)
+    tokenizer = load_tokenizer(cfg.model.path)
+    fmt = DialogueFormat.from_config(cfg.dialogue, tokenizer, model.config.vocab_size)
+    engine = Engine(model, tokenizer, placeholder_token_id=fmt.placeholder_id, num_blocks=cfg.model.num_blocks,
+                    block_size=cfg.model.block_size)
+    ref_model = None
+    if cfg.mode == "hpo":   # reloaded from the base folder, so a resumed run has the same reference
+        ref_model = load_model(cfg.model.path, device=cfg.model.device, dtype=dtype).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                  betas=tuple(cfg.optim.betas))
+    d = cfg.dialogue
+    loader = WindowLoader(read_manifest(cfg.data.train), d.frames_per_chunk, d.chunks_per_window,
+                          seed=cfg.seed, shuffle=cfg.data.shuffle)
+    valid = [load_window(r, d.frames_per_chunk, d.chunks_per_window)
+             for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
+    return Run(cfg, model, ref_model, engine, optimizer, fmt, TextCodec(tokenizer, fmt.stop_id),
+               banned_vocab_mask(fmt, model.config.vocab_size), loader, valid, Path(cfg.output_dir))
+
+
+def hpo_step(run: Run, step: int) -> dict:
+    """One HPO step: B x G rollouts, hierarchical reward, several clipped policy-gradient updates."""
+    cfg, d = run.cfg, run.cfg.dialogue
+    P, T = d.frames_per_chunk, cfg.rollout.temperature
+    t0 = time.perf_counter()
+
+    # 1. rollout: B windows x G samples through the runtime, on the live weights
+    run.engine.reset_prefix_cache()     # no prefix computed in another batch (validation): exact resume
+    windows = run.loader.next_batch(cfg.rollout.windows_per_step)
+    samples = rollout(run.engine, windows, run.fmt, cfg.rollout, P, seed=step_seed(cfg, step))
+    t1 = time.perf_counter()
+
+    # 2. reward: per-segment quality and latency -> hierarchical reward, z-scored within each window's group
+    quality, latency = [], []
+    for s in samples:
+        w = windows[s.window]
+        q, lat = segment_scores(turn_texts(s, run.codec), w.references, w.segments, d.target_lang,
+                                d.chunk_seconds, cfg.reward.quality, cfg.reward.max_latency)
+        quality.append(q)
+        latency.append(lat)
+    rw = cfg.reward
+    rewards, parts = hierarchical_reward(quality, latency, [s.window for s in samples], alpha=rw.alpha,
+                                         beta=rw.beta, quality_threshold=rw.quality_threshold,
+                                         max_latency=rw.max_latency, granularity=rw.granularity,
+                                         return_parts=True)
+    # 3. advantage: the reward itself (GRPO-style, already group-normalised), on every assistant token
+    advantages = torch.tensor(rewards, dtype=torch.float32)
+    t2 = time.perf_counter()
+
+    # 4. logprobs the loss compares with: old = trainer at the rollout weights, ref = frozen initial
+    #    model, gen = the sampler's own (their gap is the train / inference mismatch)
+    mb_tokens = cfg.optim.max_tokens_per_microbatch
+    old = all_assistant_logprobs(run.model, samples, run.banned, T, mb_tokens)
+    ref = all_assistant_logprobs(run.ref_model, samples, run.banned, T, mb_tokens)
+    gen = [s.gen_logprobs[s.assistant_mask].to(old[0].device) for s in samples]
+
+    # 5. update: shuffled global batches; token-packed micro-batches; exact token mean over the global batch
+    order = np.random.default_rng([cfg.seed, step]).permutation(len(samples))
+    sums: dict[str, float] = {}
+    grad_norms, update_tokens = [], 0
+    lc = cfg.loss
+    for start in range(0, len(samples), cfg.optim.global_batch):
+        batch = order[start:start + cfg.optim.global_batch]
+        num_global_tokens = sum(len(gen[i]) for i in batch)
+        run.optimizer.zero_grad(set_to_none=True)
+        for mb in micro_batches(samples, batch, mb_tokens):
+            cur, ent = assistant_logprobs(run.model, [samples[i] for i in mb], run.banned, T, entropy=True)
+            lp, mask = pad_rows(cur)
+            W = lp.shape[1]
+            loss, m = policy_loss(lp, pad_rows([old[i] for i in mb], W)[0], pad_rows([ref[i] for i in mb], W)[0],
+                                  pad_rows([gen[i] for i in mb], W)[0], advantages[mb].to(lp.device), mask,
+                                  clip_eps_low=lc.clip_eps_low, clip_eps_high=lc.clip_eps_high,
+                                  dual_clip_c=lc.dual_clip_c, kl_coef=lc.kl_coef,
+                                  on_policy_kl_weight=lc.on_policy_kl_weight,
+                                  importance_sampling=lc.importance_sampling, is_cap=lc.is_cap,
+                                  num_global_tokens=num_global_tokens, entropy=pad_rows(ent, W)[0])
+            loss.backward()
+            for k in SUMMED:
+                sums[k] = sums.get(k, 0.0) + m.get(k, 0.0)
+            update_tokens += sum(samples[i].num_tokens for i in mb)
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)))
+        run.optimizer.step()
+    run.engine.reset_prefix_cache()     # K/V cached under the old weights no longer match the model
+    t3 = time.perf_counter()
+
+    n_updates = len(grad_norms)
+    gen_tokens = sum(len(g) for g in gen)
+    return {"reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
+            "quality_mean": float(np.mean(parts["quality"])), "latency_mean": float(np.mean(parts["latency"])),
+            "latency_term_mean": float(np.mean(parts["latency_term"])),
+            **{k: v / n_updates for k, v in sums.items()},
+            "grad_norm": float(np.mean(grad_norms)), "updates": n_updates, "samples": len(samples),
+            "gen_tokens": gen_tokens, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
+            "rollout_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "update_tokens_per_s": update_tokens / max(t3 - t2, 1e-9)}
+
+
+def sft_step(run: Run, step: int) -> dict:
+    """One SFT update: cross-entropy (token mean) on the assistant tokens of rule-built trajectories."""
+    cfg, d = run.cfg, run.cfg.dialogue
+    t0 = time.perf_counter()
+    windows = run.loader.next_batch(cfg.sft.batch_size)
+    samples = [pack_dialogue(w, run.fmt, d.frames_per_chunk,
+                             sft_answers(w, run.codec, d.chunk_seconds, cfg.sft.lag_chunks, d.target_lang,
+                                         run.fmt.stop_id), index=b)
+               for b, w in enumerate(windows)]
+    num_global_tokens = sum(int(s.assistant_mask.sum()) for s in samples)
+    run.optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for mb in micro_batches(samples, range(len(samples)), cfg.optim.max_tokens_per_microbatch):
+        lps, _ = assistant_logprobs(run.model, [samples[i] for i in mb])   # full softmax, temperature 1
+        loss = -torch.cat(lps).sum() / num_global_tokens
+        loss.backward()
+        total += float(loss)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip))
+    run.optimizer.step()
+    run.engine.reset_prefix_cache()
+    seconds = time.perf_counter() - t0
+    tokens = sum(s.num_tokens for s in samples)
+    return {"sft_loss": total, "grad_norm": grad_norm, "target_tokens": num_global_tokens, "update_s": seconds,
+            "update_tokens_per_s": tokens / max(seconds, 1e-9)}
+
+
+def validate(run: Run) -> dict:
+    """Greedy rollouts on the held-out windows: corpus BLEU / chrF of window hypotheses, mean latency."""
+    if not run.valid:
+        return {}
+    d = run.cfg.dialogue
+    samples = rollout(run.engine, run.valid, run.fmt, run.cfg.rollout, d.frames_per_chunk, seed=None,
+                      group_size=1, greedy=True)
+    hyps, refs, lat = [], [], []
+    for s in samples:
+        w = run.valid[s.window]
+        texts = turn_texts(s, run.codec)
+        hyps.append(hypothesis_text(texts, d.target_lang))
+        refs.append(hypothesis_text(w.references, d.target_lang))
+        lat += segment_scores(texts, w.references, w.segments, d.target_lang, d.chunk_seconds,
+                              run.cfg.reward.quality, run.cfg.reward.max_latency)[1]
+    return {"BLEU": corpus_bleu(hyps, refs, default_bleu_tokenizer(d.target_lang)), "chrF": corpus_chrf(hyps, refs),
+            "latency": float(np.mean(lat))}
+
+
+def _log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
+    """Run `cfg.train.steps` steps (continuing from the latest checkpoint with `resume`); returns the
+    metrics of the steps run here, also appended to OUTPUT_DIR/metrics.jsonl."""
+    from tqdm.auto import tqdm
+
+    run = setup(cfg)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_root, metrics_path = run.out_dir / "checkpoints", run.out_dir / "metrics.jsonl"
+    start = 0
+    if resume:
+        found = ckpt.list_checkpoints(ckpt_root)
+        if not found:
+            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
+        state = ckpt.load_checkpoint(found[-1], run.model, run.optimizer)
+        run.loader.load_state(state["data"])
+        start = state["step"]
+        run.engine.reset_prefix_cache()
+        if metrics_path.is_file():   # drop lines of steps after the checkpoint (they will be redone)
+            keep = [l for l in metrics_path.read_text().splitlines() if json.loads(l).get("step", 0) <= start]
+            metrics_path.write_text("".join(l + "\n" for l in keep))
+    elif metrics_path.is_file():
+        metrics_path.unlink()
+    (run.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    t = cfg.train
+    step_fn = hpo_step if cfg.mode == "hpo" else sft_step
+    history = []
+    bar = tqdm(range(start + 1, t.steps + 1), initial=start, total=t.steps, disable=not t.progress_bar,
+               desc=cfg.mode)
+    for step in bar:
+        record = {"step": step, **step_fn(run, step)}
+        validation = None
+        if run.valid and (step % t.validate_every == 0 or step % t.checkpoint_every == 0 or step == t.steps):
+            validation = validate(run)
+            record["validation"] = validation
+        _log(metrics_path, record)
+        history.append(record)
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("quality_mean", "kl", "sft_loss") if k in record})
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            ckpt.save_checkpoint(ckpt_root, step, run.model, run.optimizer,
+                                 {"data": run.loader.state(), "validation": validation}, Path(cfg.model.path))
+            ckpt.prune(ckpt_root, t.keep_best, t.validation_metric)
+    return history
