@@ -1,0 +1,33 @@
+"""Shared helpers of the SST / server tests (no tests here): the default model, espeak-ng speech."""
+import functools
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+SENTENCES = ["Hello, how are you today?", "The weather is nice.", "Please open the window.",
+             "I would like a cup of coffee.", "Where is the train station?", "We meet again tomorrow.",
+             "This is a short test.", "Thank you very much."]
+
+
+@functools.lru_cache(maxsize=1)
+def default_model():
+    from hpo_engine.sst import open_sst
+    return open_sst()
+
+
+@functools.lru_cache(maxsize=None)
+def espeak_wave(text: str) -> np.ndarray:
+    """float32 16 kHz speech of `text` by espeak-ng (Debian package espeak-ng)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    from hpo_engine.speech.audio import load_audio
+    wav = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "170", "--stdout", text],
+                         check=True, capture_output=True).stdout
+    return load_audio(wav)
+
+
+def espeak_pcm16(text: str) -> bytes:
+    from hpo_engine.speech.audio import float_to_pcm16
+    return float_to_pcm16(espeak_wave(text))

@@ -1,0 +1,44 @@
+"""`hpo-engine translate`: SimulEval-style instances.log that `hpo-engine score` can read."""
+import json
+
+import soundfile as sf
+from click.testing import CliRunner
+
+from hpo_engine.metrics.instances import read_instances_log
+from hpo_engine.sst.cli import translate
+from test_sst_helpers import espeak_wave
+
+
+def test_translate_writes_simuleval_instances(tmp_path):
+    waves = [espeak_wave("The weather is nice."), espeak_wave("Thank you very much.")]
+    paths = []
+    for i, w in enumerate(waves):
+        paths.append(str(tmp_path / f"{i}.wav"))
+        sf.write(paths[-1], w, 16000) if i == 0 else sf.write(paths[-1], w[::2], 8000)   # any rate
+    refs = tmp_path / "refs.txt"
+    refs.write_text("Das Wetter ist schön.\nVielen Dank.\n")
+    out = tmp_path / "instances.log"
+    result = CliRunner().invoke(translate, [*paths, "--output", str(out), "--references", str(refs),
+                                            "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    assert "untrained" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    parsed = read_instances_log(out)
+    assert [r.index for r in parsed] == [0, 1]
+    assert [r["reference"] for r in rows] == ["Das Wetter ist schön.", "Vielen Dank."]
+    for row, wave in zip(rows, waves):
+        assert abs(row["source_length"] - len(wave) / 16) <= 1.0       # ms (the 8 kHz file is resampled)
+        units = row["prediction"].split()
+        assert len(row["delays"]) == len(row["elapsed"]) == len(units)
+        assert row["delays"] == sorted(row["delays"])
+        assert all(0 < d <= row["source_length"] for d in row["delays"])
+        assert all(e >= d for e, d in zip(row["elapsed"], row["delays"]))
+
+
+def test_translate_rejects_mismatched_references(tmp_path):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, espeak_wave("Hello."), 16000)
+    refs = tmp_path / "refs.txt"
+    refs.write_text("eins\nzwei\n")
+    result = CliRunner().invoke(translate, [str(wav), "-o", str(tmp_path / "o.log"), "--references", str(refs)])
+    assert result.exit_code == 2 and "2 lines for 1 audio file" in result.output
