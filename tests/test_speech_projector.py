@@ -71,6 +71,15 @@ def test_front_end_gives_P_embeddings_per_chunk(parts, m):
     assert len(fe.push_pcm16(pcm)) == 1 and fe.flush() == []
 
 
+def test_front_end_lookahead_flushes_everything(parts):
+    enc, proj = parts
+    fe = SpeechFrontEnd(enc, proj, chunk_ms=1120, left_context_ms=1000, right_context_ms=400)
+    audio = np.random.default_rng(7).standard_normal(17920 * 2 + 3000).astype(np.float32)
+    pushed = fe.push(audio)            # chunk 2 waits for its 400 ms of lookahead
+    tail = fe.flush()
+    assert [len(c) for c in pushed] == [14] and [len(c) for c in tail] == [14, 3]
+
+
 def test_front_end_rejects_bad_geometry(parts):
     enc, proj = parts
     with pytest.raises(ValueError, match="multiple of 80 ms"):

@@ -24,18 +24,18 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def reference(enc, audio, C, L, origin):
+def reference(enc, audio, C, L, origin, R=0):
     """Every chunk from scratch: Whisper log-mel of the whole prefix, slice the window, clamp, encode."""
     n = len(audio)
     total = -(-(n // 160) // 2)
     out, e0 = [torch.zeros(0, enc.cfg.d_model)], 0
     while n > 200 and e0 < total:
-        full = (e0 + C) * 320 <= n                       # a complete chunk (push) or the tail (flush)
-        e1, n_end = (e0 + C, (e0 + C) * 320) if full else (total, n)
+        full = (e0 + C + R) * 320 <= n                   # a complete chunk (push) or the tail (flush)
+        e1, w1, n_end = (e0 + C, e0 + C + R, (e0 + C + R) * 320) if full else (total, total, n)
         w0 = max(0, e0 - L)
-        mel = log10_mel(audio[:n_end])[:, 2 * w0:2 * e1]
+        mel = log10_mel(audio[:n_end])[:, 2 * w0:2 * w1]
         with torch.no_grad():
-            out.append(enc(whisper_normalize(mel)[None], pos_offset=w0 - origin(w0))[0, e0 - w0:])
+            out.append(enc(whisper_normalize(mel)[None], pos_offset=w0 - origin(w0))[0, e0 - w0:e1 - w0])
         e0 = e1
     return torch.cat(out)
 
@@ -59,14 +59,16 @@ def small_encoder():
 
 
 @pytest.mark.parametrize("n", [0, 150, 201, 333, 2560, 5119, 5120, 5121, 16001, 47999])
-@pytest.mark.parametrize("C,L,positions", [(8, 0, "window"), (8, 12, "window"), (5, 30, "window"),
-                                           (8, 12, "absolute"), (7, 33, "absolute"), (60, 0, "window")])
-def test_stream_equals_reference(small_encoder, n, C, L, positions):
+@pytest.mark.parametrize("C,L,R,positions", [(8, 0, 0, "window"), (8, 12, 0, "window"), (5, 30, 3, "window"),
+                                             (8, 12, 0, "absolute"), (7, 33, 5, "absolute"), (60, 0, 0, "window"),
+                                             (8, 0, 1, "window")])
+def test_stream_equals_reference(small_encoder, n, C, L, R, positions):
     rng = np.random.default_rng(n + C + L)
     audio = (rng.standard_normal(n) * rng.uniform(0.01, 1)).astype(np.float32)
-    s = StreamingEncoder(small_encoder, chunk_frames=C, left_context_frames=L, positions=positions)
+    s = StreamingEncoder(small_encoder, chunk_frames=C, left_context_frames=L, positions=positions,
+                         right_context_frames=R)
     got = stream(s, audio, rng)
-    ref = reference(small_encoder, audio, C, L, s.position_origin)
+    ref = reference(small_encoder, audio, C, L, s.position_origin, R)
     assert got.shape == ref.shape == ((n > 200) * -(-(n // 160) // 2), 32)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     assert s.samples_received == 0 and s.frames_emitted == 0  # flush resets: the object is reusable
@@ -98,6 +100,8 @@ def test_bad_arguments(small_encoder):
         StreamingEncoder(small_encoder, positions="relative")
     with pytest.raises(ValueError, match="chunk_frames"):
         StreamingEncoder(small_encoder, chunk_frames=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        StreamingEncoder(small_encoder, chunk_frames=8, left_context_frames=40, right_context_frames=13)
     s = StreamingEncoder(small_encoder, chunk_frames=8, left_context_frames=4)
     with pytest.raises(ValueError, match="mono"):
         s.push(np.zeros((100, 2), np.float32))
@@ -114,6 +118,7 @@ def test_tiny_en_chunked_vs_whole(tmp_path):
       window   L=200 (4 s)  : 0.77 / 0.46  - the gap is mostly position: late frames sit at 200..255, not 256..504
       window   L=500 (all)  : 0.97 / 0.84  - same positions as whole; only the right context is missing
       absolute L=100 (2 s)  : 0.95 / 0.83  - stream positions: 2 s of left context keeps most of the content
+      absolute L=100, R=10  : 0.97 / 0.95  - plus 200 ms lookahead: the right edge was most of the rest
     (15.9 s of speech gave 0.68 / 0.29, 0.96 / 0.83, 0.95 / 0.79.) Thresholds sit 0.03-0.08 below.
     """
     from hpo_engine.speech.audio import load_audio, resample
@@ -126,11 +131,12 @@ def test_tiny_en_chunked_vs_whole(tmp_path):
         whole = enc(log_mel_spectrogram(audio)[None])[0]                       # [505, 384]
     rng = np.random.default_rng(0)
     figures = {}
-    for positions, L in [("window", 200), ("window", 500), ("absolute", 100)]:
-        got = stream(StreamingEncoder(enc, 56, L, positions), audio, rng)
+    for positions, L, R in [("window", 200, 0), ("window", 500, 0), ("absolute", 100, 0), ("absolute", 100, 10)]:
+        got = stream(StreamingEncoder(enc, 56, L, positions, right_context_frames=R), audio, rng)
         cos = F.cosine_similarity(got, whole, dim=-1)
-        figures[positions, L] = (cos.mean().item(), cos.quantile(0.05).item())
+        figures[positions, L, R] = (cos.mean().item(), cos.quantile(0.05).item())
     print(figures)
-    assert figures["window", 200][0] > 0.72 and figures["window", 200][1] > 0.38
-    assert figures["window", 500][0] > 0.94 and figures["window", 500][1] > 0.78
-    assert figures["absolute", 100][0] > 0.92 and figures["absolute", 100][1] > 0.76
+    assert figures["window", 200, 0][0] > 0.72 and figures["window", 200, 0][1] > 0.38
+    assert figures["window", 500, 0][0] > 0.94 and figures["window", 500, 0][1] > 0.78
+    assert figures["absolute", 100, 0][0] > 0.92 and figures["absolute", 100, 0][1] > 0.76
+    assert figures["absolute", 100, 10][0] > 0.95 and figures["absolute", 100, 10][1] > 0.90   # 200 ms lookahead

@@ -19,7 +19,7 @@ HPO_CHUNK_MS = 1120      # m = 1
 
 class SpeechFrontEnd:
     def __init__(self, encoder: WhisperEncoder, projector: Projector, chunk_ms: int = HPO_CHUNK_MS,
-                 left_context_ms: int = 4000, positions: str = "window"):
+                 left_context_ms: int = 4000, positions: str = "window", right_context_ms: int = 0):
         frames, rest = divmod(chunk_ms, FRAME_MS)
         stack = projector.cfg.stack
         if rest or frames % stack:
@@ -27,7 +27,8 @@ class SpeechFrontEnd:
                              f"({stack} frames of {FRAME_MS} ms per embedding)")
         if projector.cfg.d_encoder != encoder.cfg.d_model:
             raise ValueError(f"projector expects width {projector.cfg.d_encoder}, encoder gives {encoder.cfg.d_model}")
-        self.stream = StreamingEncoder(encoder, frames, left_context_ms // FRAME_MS, positions)
+        self.stream = StreamingEncoder(encoder, frames, left_context_ms // FRAME_MS, positions,
+                                       right_context_ms // FRAME_MS)
         self.projector = projector
         self.embeddings_per_chunk = frames // stack
         self.chunk_samples = frames * SAMPLES_PER_FRAME
@@ -46,5 +47,5 @@ class SpeechFrontEnd:
         return self.push(pcm16_to_float(data, allow_empty=True))
 
     def flush(self) -> list[torch.Tensor]:
-        """End of stream: the partial last chunk as [ceil(frames / stack) <= P, d_llm] (or nothing)."""
+        """End of stream: the rest as [P, d_llm] chunks and a last [ceil(rest / stack) <= P, d_llm] (or nothing)."""
         return self._project(self.stream.flush())
