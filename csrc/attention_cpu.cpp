@@ -43,6 +43,7 @@ constexpr int kLanes = 16;
 constexpr int kChunk = 32;              // keys per softmax chunk
 constexpr int kMaxRowsPerItem = 64;     // query tokens x group heads in one item
 constexpr int kTransposeRows = 8;       // from this many rows on, scores go through K^T
+constexpr int64_t kMinParallelCost = 16384;  // item cost units (rows x keys); ~50 us on one Zen 4 core
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNoMax = -1.0e30f;      // finite start of the running max: masked rows stay NaN-free
 
@@ -469,7 +470,9 @@ Plan make_plan(const PagedArgs& a, int num_threads) {
     }
     // Too few items to keep every thread busy: cut long KV ranges into slices of >= 256 keys.
     const int64_t want = 4 * static_cast<int64_t>(num_threads);
-    if (num_threads > 1 && static_cast<int64_t>(plan.items.size()) < want) {
+    int64_t total_cost = 0;
+    for (const WorkItem& w : plan.items) total_cost += w.cost;
+    if (num_threads > 1 && total_cost >= kMinParallelCost && static_cast<int64_t>(plan.items.size()) < want) {
         const int64_t slice = std::max<int64_t>(256, (total_keys + want - 1) / want);
         std::vector<WorkItem> split_items;
         for (const WorkItem& w : plan.items) {
@@ -508,7 +511,11 @@ void paged_attention_cpu(const PagedArgs& a, bool bf16, int num_threads) {
     const int64_t D = a.head_dim;
     std::vector<float> partials(static_cast<size_t>(plan.partial_records * (D + 2)));
     const int64_t n_items = static_cast<int64_t>(plan.items.size());
-    const int threads = static_cast<int>(std::min<int64_t>(num_threads, n_items));
+    int64_t total_cost = 0;
+    for (const WorkItem& w : plan.items) total_cost += w.cost;
+    // Small calls stay on the calling thread: a parallel region costs microseconds, and a whole
+    // scheduler time slice when a team thread's core is busy elsewhere (seen: 16 ms on a loaded VM).
+    const int threads = total_cost < kMinParallelCost ? 1 : static_cast<int>(std::min<int64_t>(num_threads, n_items));
 
     auto run = [&](int64_t begin, int64_t step) {
         // per-thread scratch, reused across calls (sized for the largest head_dim)

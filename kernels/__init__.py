@@ -40,6 +40,9 @@ def attention_backend(q, k_cache):
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None):
     """q [T, Hq, D] packed new tokens -> [T, Hq, D] (see DESIGN.md for the full contract)."""
+    if not os.environ.get("HPO_ATTN_BACKEND") and not q.is_cuda and _cpu.supports_attention(q, k_cache):
+        # the common CPU call (decode per layer) takes the shortest way
+        return _cpu._paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
     backend = attention_backend(q, k_cache)
     if backend == "cpp":
         return _cpu.paged_attention_cpp(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)

@@ -10,7 +10,7 @@ import torch
 
 try:
     from hpo_engine import _C
-except ImportError:  # extension not built
+except Exception:  # noqa: BLE001 - extension not built, or the package half-importable: torch path
     _C = None
 
 _ATTN = getattr(_C, "paged_attention_cpu", None)
@@ -21,36 +21,47 @@ _HEAD_DIMS = (64, 80, 96, 128, 256)
 
 
 def supports_attention(q, k_cache):
-    return (_ATTN is not None and q.device.type == "cpu" and q.dtype in _DTYPES and k_cache.dtype == q.dtype
+    return (_ATTN is not None and q.is_cpu and q.dtype in _DTYPES and k_cache.dtype == q.dtype
             and q.shape[-1] in _HEAD_DIMS and q.shape[1] // k_cache.shape[2] <= 64)
 
 
 def paged_attention_cpp(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None):
     """C++ paged attention (contract in DESIGN.md)."""
-    T, num_q_heads, head_dim = q.shape
-    _, block_size, num_kv_heads, _ = k_cache.shape
     if not supports_attention(q, k_cache):
         raise ValueError(f"cpp backend: unsupported q {q.dtype} {tuple(q.shape)} on {q.device} / cache {k_cache.dtype}")
-    if v_cache.dtype != q.dtype or v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
-        raise ValueError("cpp backend: k_cache and v_cache must share dtype, shape and strides")
-    if k_cache.stride(3) != 1 or q.stride(2) != 1 or num_q_heads % num_kv_heads:
-        raise ValueError("cpp backend: last dims must be contiguous and Hq % Hkv == 0")
-    for name, t in (("block_table", block_table), ("seq_lens", seq_lens), ("cu_seqlens_q", cu_seqlens_q)):
-        if t.dtype != torch.int32 or t.device.type != "cpu" or not t.is_contiguous():
-            raise ValueError(f"cpp backend: {name} must be a contiguous int32 CPU tensor")
+    return _paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
+
+
+def _paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out):
+    """After `supports_attention`: layout checks, then the C++ call. Decode calls this once per layer,
+    so the checks avoid slow tensor properties (`.device` costs ~0.2 us, `is_cpu` ~0.04)."""
+    T, num_q_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    kv_strides = k_cache.stride()
+    q_strides = q.stride()
+    if (v_cache.dtype != q.dtype or v_cache.stride() != kv_strides or v_cache.shape != k_cache.shape
+            or kv_strides[3] != 1 or q_strides[2] != 1 or num_q_heads % num_kv_heads or not v_cache.is_cpu):
+        raise ValueError("cpp backend: k_cache/v_cache must share dtype, shape, strides and device with q's dtype; "
+                         "last dims contiguous; Hq % Hkv == 0")
     num_seqs = block_table.shape[0]
+    for t in (block_table, seq_lens, cu_seqlens_q):
+        if t.dtype != torch.int32 or not t.is_cpu or not t.is_contiguous():
+            raise ValueError("cpp backend: block_table, seq_lens, cu_seqlens_q must be contiguous int32 CPU tensors")
     if seq_lens.shape[0] != num_seqs or cu_seqlens_q.shape[0] != num_seqs + 1:
         raise ValueError("cpp backend: seq_lens must be [B] and cu_seqlens_q [B+1] for block_table [B, max_blocks]")
     if out is None:
         out = torch.empty_like(q)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1:
-        raise ValueError("cpp backend: out must match q (shape, dtype, contiguous last dim)")
+        out_strides = out.stride()
+    else:
+        out_strides = out.stride()
+        if out.shape != q.shape or out.dtype != q.dtype or out_strides[2] != 1 or not out.is_cpu:
+            raise ValueError("cpp backend: out must match q (shape, dtype, contiguous last dim, CPU)")
     if T == 0:
         return out
     _ATTN(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), block_table.data_ptr(),
           seq_lens.data_ptr(), cu_seqlens_q.data_ptr(), num_seqs, num_q_heads, num_kv_heads, head_dim,
-          block_size, block_table.shape[1], q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-          k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+          block_size, block_table.shape[1], q_strides[0], q_strides[1], out_strides[0], out_strides[1],
+          kv_strides[0], kv_strides[1], kv_strides[2],
           head_dim ** -0.5 if scale is None else float(scale), q.dtype == torch.bfloat16,
           torch.get_num_threads())
     return out
