@@ -54,6 +54,8 @@ def step_seed(cfg: TrainConfig, step: int) -> int:
 
 
 def setup(cfg: TrainConfig) -> Run:
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     import random
@@ -172,7 +174,7 @@ def sft_step(run: Run, step: int) -> dict:
         lps, _ = assistant_logprobs(run.model, [samples[i] for i in mb])   # full softmax, temperature 1
         loss = -torch.cat(lps).sum() / num_global_tokens
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip))
     run.optimizer.step()
     run.engine.reset_prefix_cache()

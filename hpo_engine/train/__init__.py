@@ -1,0 +1,1 @@
+"""Training: SFT and HPO on the engine's own rollouts (`hpo-engine train --config FILE.yaml`)."""

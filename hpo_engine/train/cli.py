@@ -1,0 +1,23 @@
+"""`hpo-engine train --config FILE.yaml [--resume]` (register with `main.add_command(train)`)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="YAML training config (configs/tiny_cpu.yaml, configs/hpo_paper.yaml).")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in output_dir/checkpoints.")
+def train(config_path, resume):
+    """SFT or HPO (the config's `mode`) on the engine's own rollouts."""
+    from hpo_engine.train.config import ConfigError, load_config
+    from hpo_engine.train.data import ManifestError
+    try:
+        cfg = load_config(config_path)
+        from hpo_engine.train.trainer import train as run_training
+        history = run_training(cfg, resume=resume)
+    except (ConfigError, ManifestError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    last = history[-1] if history else {}
+    click.echo(f"done: {len(history)} steps run, output in {cfg.output_dir}"
+               + (f", last validation {last['validation']}" if last.get("validation") else ""))
