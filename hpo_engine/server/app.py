@@ -164,8 +164,12 @@ class TranslationServer:
                             "finishing the stream")
                 samples = keep
             if samples:
-                await s.wait_for_space()        # backpressure: stop reading while the engine is behind
+                if s.buffered_samples >= s.max_buffered_samples:
+                    self.metrics.backpressure_waits += 1
+                    await s.wait_for_space()    # backpressure: stop reading while the engine is behind
                 s.accepted_samples += samples
+                self.metrics.buffered_seconds_peak = max(self.metrics.buffered_seconds_peak,
+                                                         s.buffered_samples / SAMPLE_RATE)
                 self.metrics.audio_seconds_total += samples / SAMPLE_RATE
                 self.worker.submit(s, bytes(message))
             if s.accepted_samples >= max_samples:

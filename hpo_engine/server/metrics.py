@@ -11,6 +11,8 @@ class ServerMetrics:
     chunks_total: int = 0
     chunk_seconds_sum: float = 0.0
     audio_seconds_total: float = 0.0
+    backpressure_waits: int = 0          # times a reader paused because its stream was too far behind
+    buffered_seconds_peak: float = 0.0   # most audio one stream ever had accepted but not translated
     error_frames: dict = field(default_factory=dict)     # code -> count
 
     def count_error(self, code: str) -> None:
@@ -35,6 +37,11 @@ class ServerMetrics:
             f"hpo_chunk_processing_seconds_sum {self.chunk_seconds_sum:.6f}",
             "# HELP hpo_audio_seconds_total Audio received.", "# TYPE hpo_audio_seconds_total counter",
             f"hpo_audio_seconds_total {self.audio_seconds_total:.3f}",
+            "# HELP hpo_backpressure_waits_total Reader pauses (a stream's untranslated audio at its limit).",
+            "# TYPE hpo_backpressure_waits_total counter", f"hpo_backpressure_waits_total {self.backpressure_waits}",
+            "# HELP hpo_buffered_audio_seconds_peak Most untranslated audio one stream held.",
+            "# TYPE hpo_buffered_audio_seconds_peak gauge",
+            f"hpo_buffered_audio_seconds_peak {self.buffered_seconds_peak:.3f}",
             "# HELP hpo_error_frames_total Error frames sent, by code.", "# TYPE hpo_error_frames_total counter",
         ]
         lines += [f'hpo_error_frames_total{{code="{code}"}} {n}' for code, n in sorted(self.error_frames.items())]

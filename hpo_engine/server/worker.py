@@ -29,7 +29,7 @@ class EngineWorker(threading.Thread):
         self.lock = threading.Condition()
         self.sessions: list[Session] = []          # engine thread's view
         self._new: list[Session] = []
-        self._stop = False
+        self._stopping = False
 
     # -- called from the event loop -----------------------------------------------------------------
     def add(self, session: Session) -> None:
@@ -50,7 +50,7 @@ class EngineWorker(threading.Thread):
 
     def stop(self) -> None:
         with self.lock:
-            self._stop = True
+            self._stopping = True
             self.lock.notify()
 
     # -- engine thread ----------------------------------------------------------------------------
@@ -61,9 +61,9 @@ class EngineWorker(threading.Thread):
     def run(self) -> None:
         while True:
             with self.lock:
-                while not self._stop and not self._has_work():
+                while not self._stopping and not self._has_work():
                     self.lock.wait()
-                if self._stop:
+                if self._stopping:
                     break
                 self.sessions += self._new
                 self._new = []

@@ -1,0 +1,184 @@
+"""`hpo-engine serve` over a real socket: protocol, concurrency, bad frames, limits, disconnects, SIGTERM.
+
+One server process (default model, 3 new tokens per turn) serves the whole module; the SIGTERM test
+runs last and ends it.
+"""
+import asyncio
+import json
+import random
+import signal
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
+from test_server_helpers import auth, run, start_server, stream_session
+from test_sst_helpers import SENTENCES, espeak_pcm16
+
+CHUNK_MS = 1120
+MAX_MESSAGE = 65536
+MAX_BUFFERED_MS = 2240
+IDLE_S = 6
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = start_server(tmp_path_factory.mktemp("serve"), "--max-new-tokens", "3", "--max-message-bytes",
+                       str(MAX_MESSAGE), "--idle-timeout-s", str(IDLE_S), "--max-buffered-ms", str(MAX_BUFFERED_MS))
+    srv.idle_blocks = srv.metric("hpo_kv_blocks_used")
+    yield srv
+    srv.stop()
+
+
+def check_stream_frames(frames, pcm_bytes):
+    """ready first, translations with increasing chunk-aligned audio_ms ending at the audio sent, done last."""
+    assert frames[0]["type"] == "ready" and frames[0]["session"]
+    assert frames[0]["trained"] is False and "untrained" in frames[0]["model"]
+    assert frames[-1]["type"] == "done"
+    translations = [f for f in frames if f["type"] == "translation"]
+    total_ms = pcm_bytes / 2 / 16
+    audio = [f["audio_ms"] for f in translations]
+    full = int(total_ms // CHUNK_MS)
+    expected = [CHUNK_MS * (k + 1) for k in range(full)] + ([total_ms] if total_ms > full * CHUNK_MS else [])
+    assert audio == pytest.approx(expected, abs=1e-3)
+    assert frames[-1]["audio_ms"] == pytest.approx(total_ms, abs=1e-3)
+    assert frames[-1]["text"] == "".join(f["text"] for f in translations)
+    assert all(f["elapsed_ms"] >= 0 and f["processing_ms"] >= 0 for f in translations)
+    return translations
+
+
+def test_http_endpoints(server):
+    assert server.http("/healthz") == (200, "ok\n")
+    status, page = server.http("/")
+    assert status == 200 and "Untrained" in page
+    status, text = server.http("/metrics")
+    assert status == 200 and "hpo_kv_blocks_used" in text and "hpo_active_streams 0" in text
+    assert server.http("/nope")[0] == 404
+
+
+def test_token_required_before_upgrade(server):
+    async def attempt(headers):
+        async with connect(server.url, additional_headers=headers):
+            pass
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": server.token}):
+        with pytest.raises(InvalidStatus) as info:
+            run(attempt(headers))
+        assert info.value.response.status_code == 401
+
+
+def test_concurrent_clients(server):
+    pcms = [espeak_pcm16(SENTENCES[i % len(SENTENCES)]) for i in range(16)]
+
+    async def all_clients():
+        return await asyncio.gather(*(stream_session(server, pcm, frame_bytes=4000 + 2 * i)
+                                      for i, pcm in enumerate(pcms)))
+    results = run(all_clients())
+    sessions = set()
+    for frames, pcm in zip(results, pcms):
+        assert not [f for f in frames if f["type"] == "error"]
+        check_stream_frames(frames, len(pcm))
+        sessions.add(frames[0]["session"])
+    assert len(sessions) == 16
+    assert server.wait_metric("hpo_active_streams", 0) == 0
+    assert server.wait_metric("hpo_kv_blocks_used", server.idle_blocks) == server.idle_blocks
+    assert server.log().count("end=end") >= 16
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_fuzzed_bad_frames_get_error_frames_and_the_stream_goes_on(server, seed):
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    bad = [
+        (bytes(rng.randrange(256) for _ in range(2 * rng.randrange(1, 300) + 1)), "bad_pcm"),
+        ("{" + "".join(rng.choice(letters) for _ in range(rng.randrange(1, 50))), "bad_json"),
+        (json.dumps([1, 2, 3]), "bad_message"),
+        (json.dumps({"kind": "end"}), "bad_message"),
+        (json.dumps({"type": "".join(rng.choice(letters) for _ in range(8))}), "unknown_type"),
+        (b"\x00" * (MAX_MESSAGE + 2), "message_too_large"),
+        ("x" * (MAX_MESSAGE + 1), "message_too_large"),
+    ]
+    rng.shuffle(bad)
+    pcm = espeak_pcm16("Where is the train station?")
+    frames = run(stream_session(server, pcm, extra=[b for b, _ in bad]))
+    errors = [f for f in frames if f["type"] == "error"]
+    assert [f["code"] for f in errors] == [code for _, code in bad]
+    assert all(f["message"] for f in errors)
+    check_stream_frames([f for f in frames if f["type"] != "error"], len(pcm))
+    assert server.http("/healthz")[0] == 200
+
+
+def test_unsupported_target_language_is_refused(server):
+    async def go():
+        async with connect(f"{server.url}?target_lang=tlh", additional_headers=auth(server)) as ws:
+            frames = []
+            with pytest.raises(ConnectionClosedError):
+                while True:
+                    frames.append(json.loads(await ws.recv()))
+            return frames, ws.close_code
+    frames, code = run(go())
+    assert [f["type"] for f in frames] == ["error"] and frames[0]["code"] == "bad_target_lang"
+    assert "tlh" in frames[0]["message"] and code == 1008
+
+
+def test_faster_than_real_time_client_is_held_back(server):
+    pcm = b"".join(espeak_pcm16(s) for s in SENTENCES[:3])      # ~5 s sent at once
+    waits = server.metric("hpo_backpressure_waits_total")
+    frames = run(stream_session(server, pcm, frame_bytes=8000))
+    check_stream_frames(frames, len(pcm))
+    assert server.metric("hpo_backpressure_waits_total") > waits
+    assert server.metric("hpo_buffered_audio_seconds_peak") <= MAX_BUFFERED_MS / 1000 + 8000 / 2 / 16000
+
+
+def test_idle_client_is_finished(server):
+    async def go():
+        async with connect(server.url, additional_headers=auth(server)) as ws:
+            return [json.loads(m) async for m in ws]
+    frames = run(go())
+    assert [f["type"] for f in frames] == ["ready", "error", "done"]
+    assert frames[1]["code"] == "idle_timeout" and frames[2]["text"] == ""
+
+
+def test_vanished_client_frees_its_blocks(server):
+    pcm = espeak_pcm16("I would like a cup of coffee.")
+
+    async def go():
+        ws = await connect(server.url, additional_headers=auth(server))
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(pcm)
+        first = json.loads(await ws.recv())
+        held = server.metric("hpo_kv_blocks_used")
+        ws.transport.abort()              # no close frame: the client just vanishes
+        return first, held
+    first, held = run(go())
+    assert first["type"] == "translation"
+    assert held > server.idle_blocks      # the open dialogue held blocks
+    assert server.wait_metric("hpo_kv_blocks_used", server.idle_blocks) == server.idle_blocks
+    assert server.wait_metric("hpo_active_streams", 0) == 0
+    assert "end=disconnect" in server.log()
+
+
+def test_sigterm_drains_open_streams(server):
+    """Runs last: ends the module's server."""
+    pcm = espeak_pcm16("This is a short test.")
+
+    async def go():
+        async with connect(server.url, additional_headers=auth(server)) as ws:
+            frames = [json.loads(await ws.recv())]
+            await ws.send(pcm)
+            while True:            # keep the stream alive (silence) until its first translation
+                try:
+                    frames.append(json.loads(await asyncio.wait_for(ws.recv(), 0.5)))
+                    break
+                except asyncio.TimeoutError:
+                    await ws.send(b"\x00\x00" * 160)
+            server.proc.send_signal(signal.SIGTERM)
+            frames += [json.loads(m) async for m in ws]
+            return frames, ws.close_code
+    frames, close_code = run(go())
+    assert frames[1]["type"] == "translation"
+    assert frames[-1]["type"] == "done"
+    translations = [f for f in frames if f["type"] == "translation"]
+    assert frames[-1]["audio_ms"] == translations[-1]["audio_ms"] >= len(pcm) / 2 / 16
+    assert close_code in (1000, 1001)
+    assert server.proc.wait(timeout=120) == 0
+    assert "end=shutdown" in server.log()
