@@ -145,15 +145,19 @@ def omnisteval_soft(hyp, refs, segs):
             "LongYAAL_CA": scores["ca_long_yaal"]}
 
 
-@pytest.mark.benchmark(group="soft")
-def test_soft_ours(benchmark, talk_soft):
-    result = benchmark(ours_soft, *talk_soft)
-    assert result == omnisteval_soft(*talk_soft)
+_OMNISTEVAL_RESULT = {}
 
 
 @pytest.mark.benchmark(group="soft")
 def test_soft_omnisteval(benchmark, talk_soft):
-    benchmark.pedantic(omnisteval_soft, args=talk_soft, rounds=1, iterations=1)
+    _OMNISTEVAL_RESULT["soft"] = benchmark.pedantic(omnisteval_soft, args=talk_soft, rounds=1, iterations=1)
+
+
+@pytest.mark.benchmark(group="soft")
+def test_soft_ours(benchmark, talk_soft):
+    result = benchmark(ours_soft, *talk_soft)
+    expected = _OMNISTEVAL_RESULT.get("soft") or omnisteval_soft(*talk_soft)
+    assert result == expected
 
 
 def _ratios(path):

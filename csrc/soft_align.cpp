@@ -46,6 +46,19 @@ std::vector<std::pair<int64_t, int64_t>> soft_align(const SoftUnits& ref, const 
     for (size_t j = 0; j + 1 < m; ++j)
         for (size_t w = 0; w < W; ++w) hyp_card[j] += __builtin_popcountll(hyp.char_mask[j * W + w]);
 
+    // Jaccard values inter / union for small unions, divided once (bit-identical to dividing
+    // in the loop, which keeps the division off the per-cell path)
+    const int32_t max_union = static_cast<int32_t>(64 * W);
+    const bool use_table = !char_level && W <= 4;
+    std::vector<double> jaccard;
+    if (use_table) {
+        jaccard.assign(static_cast<size_t>(max_union + 1) * (max_union + 1), 0.0);
+        for (int32_t u = 1; u <= max_union; ++u)
+            for (int32_t k = 0; k <= u; ++k)
+                jaccard[static_cast<size_t>(k) * (max_union + 1) + u] =
+                    static_cast<double>(k) / static_cast<double>(u);
+    }
+
     OpTable ops(n, m);
     std::vector<double> prev(m, 0.0), cur(m, 0.0);
     for (size_t i = 1; i < n; ++i) {
@@ -64,7 +77,10 @@ std::vector<std::pair<int64_t, int64_t>> soft_align(const SoftUnits& ref, const 
                 int32_t inter = 0;
                 for (size_t w = 0; w < W; ++w) inter += __builtin_popcountll(rmask[w] & hmask[w]);
                 const int32_t uni = ref_card[i - 1] + hyp_card[j - 1] - inter;
-                sim = uni ? static_cast<double>(inter) / static_cast<double>(uni) : 0.0;
+                if (use_table)
+                    sim = jaccard[static_cast<size_t>(inter) * (max_union + 1) + uni];
+                else
+                    sim = uni ? static_cast<double>(inter) / static_cast<double>(uni) : 0.0;
             }
             const double match = prev[j - 1] + sim;
             const double del = prev[j];

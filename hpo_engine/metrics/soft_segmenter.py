@@ -49,9 +49,9 @@ def tokenize_units(units: Sequence[Unit], lang: Optional[str]) -> List[Unit]:
     first token of a unit is its `main` token and carries the original text."""
     normalised = [unicodedata.normalize("NFKC", u.text).lower() for u in units]
     if lang is None or lang in ("zh", "ja"):
-        pieces = {t: [t] for t in normalised}
-    else:
-        pieces = moses.tokenize_words(normalised, lang)
+        return [Unit(text, u.seq_id, u.emission_cu, u.emission_ca, True, u.text)
+                for u, text in zip(units, normalised)]
+    pieces = moses.tokenize_words(normalised, lang)
     out: List[Unit] = []
     for unit, text in zip(units, normalised):
         for k, token in enumerate(pieces[text]):
