@@ -4,6 +4,11 @@ contiguous, and vs gather-then-SDPA (what vLLM's CPU backend and nano-vllm's SDP
 Run:   .venv/bin/python -m pytest -q bench/bench_attention.py --benchmark-only \
            --benchmark-columns=median,iqr,rounds --benchmark-json=/tmp/attn.json
 Ratios: .venv/bin/python bench/bench_attention.py /tmp/attn.json   (same-run medians, per case)
+Interleaved: .venv/bin/python bench/bench_attention.py --interleaved [--seconds S]
+    the four implementations called in rotation, round after round, medians per implementation: the
+    ratios stay fair when the machine's load drifts (pytest-benchmark times one implementation after
+    the other, so a load change between them lands in the ratio).
+Threads: BENCH_THREADS=N sets torch.set_num_threads(N) for every implementation (default: torch's).
 
 Cases: head shapes SmolLM2 (9 q / 3 kv heads, d 64) and Qwen3-4B (32 / 8, d 128), fp32, block 32,
 pages drawn by randperm from a pool 3x larger; decode (1 new token) and chunk extension (14 new
@@ -15,11 +20,15 @@ Implementations:
   torch_path   the torch backend (per-sequence gather + SDPA, handles ragged batches)
 """
 import json
+import os
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+if os.environ.get("BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 
 SHAPES = {"smollm2": (9, 3, 64), "qwen3_4b": (32, 8, 128)}
 CASES = [  # (batch, new tokens, context incl. new tokens)
@@ -113,5 +122,37 @@ def summarize(path):
               f"{r['torch_path'][0] / p:17.2f} {r['paged'][1]}")
 
 
+def interleaved(seconds_per_case=4.0):
+    import time
+    print(f"threads {torch.get_num_threads()}, load average at start {os.getloadavg()[0]:.2f}")
+    print(f"{'case':34s} {'paged ms':>9s} {'sdpa_contig/paged':>18s} {'gather_sdpa/paged':>18s} "
+          f"{'torch_path/paged':>17s} rounds")
+    for shape in SHAPES:
+        for case in CASES:
+            s = _setup(shape, *case)
+            fns = {impl: _runner(impl, s) for impl in IMPLS}
+            for fn in fns.values():
+                fn()
+                fn()
+            times = {impl: [] for impl in IMPLS}
+            start = time.perf_counter()
+            rounds = 0
+            while rounds < 5 or (time.perf_counter() - start < seconds_per_case and rounds < 2000):
+                order = IMPLS[rounds % len(IMPLS):] + IMPLS[: rounds % len(IMPLS)]
+                for impl in order:
+                    t = time.perf_counter()
+                    fns[impl]()
+                    times[impl].append(time.perf_counter() - t)
+                rounds += 1
+            med = {impl: sorted(v)[len(v) // 2] for impl, v in times.items()}
+            p = med["paged"]
+            print(f"{_case_id(shape, case):34s} {p * 1e3:9.3f} {med['sdpa_contig'] / p:18.2f} "
+                  f"{med['gather_sdpa'] / p:18.2f} {med['torch_path'] / p:17.2f} {rounds}", flush=True)
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
 if __name__ == "__main__":
-    summarize(sys.argv[1])
+    if sys.argv[1] == "--interleaved":
+        interleaved(float(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[2] == "--seconds" else 4.0)
+    else:
+        summarize(sys.argv[1])

@@ -69,16 +69,19 @@ def _paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_se
 
 def store_kv_cpp(key, value, k_cache, v_cache, slot_mapping):
     """C++ store_kv (contract in DESIGN.md): byte copies, so key and cache must share the dtype."""
-    if (key.device.type != "cpu" or key.dtype != k_cache.dtype or value.dtype != v_cache.dtype
+    if (not key.is_cpu or key.dtype != k_cache.dtype or value.dtype != v_cache.dtype
             or k_cache.dtype != v_cache.dtype or not k_cache.is_contiguous() or not v_cache.is_contiguous()
-            or key.shape != value.shape or key.shape[1:] != k_cache.shape[2:] or v_cache.shape != k_cache.shape):
+            or key.shape != value.shape or key.shape[1:] != k_cache.shape[2:] or v_cache.shape != k_cache.shape
+            or not value.is_cpu or not k_cache.is_cpu or not v_cache.is_cpu):
         raise ValueError("cpp store_kv: key/value [T, Hkv, D] of the cache's dtype, contiguous CPU caches")
-    if key[0:1].stride(1) != key.shape[2] or value[0:1].stride(1) != value.shape[2] or key.stride(2) != 1 \
-            or value.stride(2) != 1:
-        key, value = key.contiguous(), value.contiguous()  # rows must be Hkv * D contiguous elements
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    ks, vs = key.stride(), value.stride()
+    if ks[2] != 1 or vs[2] != 1 or ks[1] != head_dim or vs[1] != head_dim:
+        key, value = key.contiguous(), value.contiguous()  # each row must be Hkv * D contiguous elements
     slots = slot_mapping if slot_mapping.dtype == torch.int64 and slot_mapping.is_contiguous() \
         else slot_mapping.to(torch.int64).contiguous()
-    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    if not slots.is_cpu or slots.shape[0] != key.shape[0]:
+        raise ValueError("cpp store_kv: slot_mapping must be a [T] CPU tensor")
     elem = key.element_size()
     _STORE(key.data_ptr(), value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(),
            key.shape[0], key.stride(0), value.stride(0), k_cache.stride(1) * elem,
