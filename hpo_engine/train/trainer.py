@@ -116,6 +116,7 @@ def hpo_step(run: Run, step: int) -> dict:
     old = all_assistant_logprobs(run.model, samples, run.banned, T, mb_tokens)
     ref = all_assistant_logprobs(run.ref_model, samples, run.banned, T, mb_tokens)
     gen = [s.gen_logprobs[s.assistant_mask].to(old[0].device) for s in samples]
+    t_logprobs = time.perf_counter() - t2
 
     # 5. update: shuffled global batches; token-packed micro-batches; exact token mean over the global batch
     order = np.random.default_rng([cfg.seed, step]).permutation(len(samples))
@@ -154,6 +155,7 @@ def hpo_step(run: Run, step: int) -> dict:
             **{k: v / n_updates for k, v in sums.items()},
             "grad_norm": float(np.mean(grad_norms)), "updates": n_updates, "samples": len(samples),
             "gen_tokens": gen_tokens, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
+            "old_ref_logprobs_s": t_logprobs,
             "rollout_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
             "update_tokens_per_s": update_tokens / max(t3 - t2, 1e-9)}
 
