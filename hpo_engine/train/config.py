@@ -93,6 +93,7 @@ class OptimSection:
     grad_clip: float = 1.0
     global_batch: int = 128              # samples per optimizer update (HPO: 512 rollouts -> 4 updates)
     max_tokens_per_microbatch: int = 4096
+    gradient_checkpointing: bool = False     # recompute each layer in backward (less activation memory)
 
 
 @dataclass

@@ -27,8 +27,20 @@ def micro_batches(samples: list[Sample], indices, max_tokens: int) -> list[list[
     return batches
 
 
+def forward(model, x, positions, cu_seqlens, checkpointing: bool = False):
+    """`model(x, positions, cu_seqlens=...)`, optionally recomputing each layer in the backward pass
+    (activation memory of one layer instead of all)."""
+    if not (checkpointing and torch.is_grad_enabled()):
+        return model(x, positions, cu_seqlens=cu_seqlens)
+    from torch.utils.checkpoint import checkpoint
+    cos, sin = model.rope(positions, x.dtype)
+    for layer in model.model.layers:
+        x = checkpoint(layer, x, cos, sin, None, None, cu_seqlens, use_reentrant=False)
+    return model.model.norm(x)
+
+
 def assistant_logprobs(model, samples: list[Sample], banned: torch.Tensor | None = None,
-                       temperature: float = 1.0, entropy: bool = False):
+                       temperature: float = 1.0, entropy: bool = False, checkpointing: bool = False):
     """One packed forward of `samples` -> (logprobs, entropies or None), each a list of [n_i] tensors:
     for every assistant token of sample i, its logprob given the dialogue before it."""
     device = model.inv_freq.device
@@ -39,7 +51,7 @@ def assistant_logprobs(model, samples: list[Sample], banned: torch.Tensor | None
     positions = torch.cat([torch.arange(n) for n in lengths]).to(device)
     cu = torch.tensor([0] + lengths, device=device).cumsum(0)
     targets = torch.cat([s.assistant_mask for s in samples]).nonzero().squeeze(1).to(device)
-    hidden = model(model.embed(ids, embeds, speech), positions, cu_seqlens=cu)
+    hidden = forward(model, model.embed(ids, embeds, speech), positions, cu, checkpointing)
     logits = model.logits(hidden[targets - 1]).float()      # row t-1 predicts token t (never t = 0)
     if temperature != 1.0:
         logits = logits / temperature

@@ -122,26 +122,13 @@ def hpo_step(run: Run, step: int) -> dict:
     order = np.random.default_rng([cfg.seed, step]).permutation(len(samples))
     sums: dict[str, float] = {}
     grad_norms, update_tokens = [], 0
-    lc = cfg.loss
     for start in range(0, len(samples), cfg.optim.global_batch):
         batch = order[start:start + cfg.optim.global_batch]
-        num_global_tokens = sum(len(gen[i]) for i in batch)
         run.optimizer.zero_grad(set_to_none=True)
-        for mb in micro_batches(samples, batch, mb_tokens):
-            cur, ent = assistant_logprobs(run.model, [samples[i] for i in mb], run.banned, T, entropy=True)
-            lp, mask = pad_rows(cur)
-            W = lp.shape[1]
-            loss, m = policy_loss(lp, pad_rows([old[i] for i in mb], W)[0], pad_rows([ref[i] for i in mb], W)[0],
-                                  pad_rows([gen[i] for i in mb], W)[0], advantages[mb].to(lp.device), mask,
-                                  clip_eps_low=lc.clip_eps_low, clip_eps_high=lc.clip_eps_high,
-                                  dual_clip_c=lc.dual_clip_c, kl_coef=lc.kl_coef,
-                                  on_policy_kl_weight=lc.on_policy_kl_weight,
-                                  importance_sampling=lc.importance_sampling, is_cap=lc.is_cap,
-                                  num_global_tokens=num_global_tokens, entropy=pad_rows(ent, W)[0])
-            loss.backward()
-            for k in SUMMED:
-                sums[k] = sums.get(k, 0.0) + m.get(k, 0.0)
-            update_tokens += sum(samples[i].num_tokens for i in mb)
+        m = accumulate_policy_gradient(run, samples, batch, old, ref, gen, advantages)
+        for k in SUMMED:
+            sums[k] = sums.get(k, 0.0) + m.get(k, 0.0)
+        update_tokens += sum(samples[i].num_tokens for i in batch)
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)))
         run.optimizer.step()
     run.engine.reset_prefix_cache()     # K/V cached under the old weights no longer match the model
@@ -160,6 +147,31 @@ def hpo_step(run: Run, step: int) -> dict:
             "update_tokens_per_s": update_tokens / max(t3 - t2, 1e-9)}
 
 
+def accumulate_policy_gradient(run: Run, samples, batch, old, ref, gen, advantages) -> dict:
+    """Backward of `policy_loss` over one global batch in token-packed micro-batches. Every
+    micro-batch divides by the global batch's token count, so the summed gradient (and the summed
+    token-mean metrics) are those of one call on the whole batch."""
+    cfg, lc = run.cfg, run.cfg.loss
+    num_global_tokens = sum(len(gen[i]) for i in batch)
+    sums: dict[str, float] = {}
+    for mb in micro_batches(samples, batch, cfg.optim.max_tokens_per_microbatch):
+        cur, ent = assistant_logprobs(run.model, [samples[i] for i in mb], run.banned, cfg.rollout.temperature,
+                                      entropy=True, checkpointing=cfg.optim.gradient_checkpointing)
+        lp, mask = pad_rows(cur)
+        W = lp.shape[1]
+        loss, m = policy_loss(lp, pad_rows([old[i] for i in mb], W)[0], pad_rows([ref[i] for i in mb], W)[0],
+                              pad_rows([gen[i] for i in mb], W)[0], advantages[list(mb)].to(lp.device), mask,
+                              clip_eps_low=lc.clip_eps_low, clip_eps_high=lc.clip_eps_high,
+                              dual_clip_c=lc.dual_clip_c, kl_coef=lc.kl_coef,
+                              on_policy_kl_weight=lc.on_policy_kl_weight,
+                              importance_sampling=lc.importance_sampling, is_cap=lc.is_cap,
+                              num_global_tokens=num_global_tokens, entropy=pad_rows(ent, W)[0])
+        loss.backward()
+        for k in SUMMED:
+            sums[k] = sums.get(k, 0.0) + m.get(k, 0.0)
+    return sums
+
+
 def sft_step(run: Run, step: int) -> dict:
     """One SFT update: cross-entropy (token mean) on the assistant tokens of rule-built trajectories."""
     cfg, d = run.cfg, run.cfg.dialogue
@@ -173,7 +185,8 @@ def sft_step(run: Run, step: int) -> dict:
     run.optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for mb in micro_batches(samples, range(len(samples)), cfg.optim.max_tokens_per_microbatch):
-        lps, _ = assistant_logprobs(run.model, [samples[i] for i in mb])   # full softmax, temperature 1
+        lps, _ = assistant_logprobs(run.model, [samples[i] for i in mb],   # full softmax, temperature 1
+                                    checkpointing=cfg.optim.gradient_checkpointing)
         loss = -torch.cat(lps).sum() / num_global_tokens
         loss.backward()
         total += float(loss.detach())
