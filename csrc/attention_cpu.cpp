@@ -17,11 +17,9 @@
 //    accumulator stays in registers.
 //  * Fewer items than the threads can balance (batch-1 decode): the KV range is split and the
 //    partial (max, sum, unnormalised acc) merged afterwards, as flash-decoding does.
-// The per-item code is compiled twice (AVX-512 and baseline x86-64) via target_clones: setup.py
+// The per-item code is compiled three times (AVX-512, AVX2, baseline x86-64) via target_clones: setup.py
 // builds without -march.
 #include "registry.h"
-
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -33,6 +31,11 @@
 namespace {
 
 #define HPO_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HPO_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))  // AVX-512, AVX2
+#else
+#define HPO_CLONES
+#endif
 
 typedef float vf16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
@@ -399,12 +402,12 @@ HPO_INLINE void attend_item_dispatch(const PagedArgs& a, const WorkItem& w, cons
     }
 }
 
-__attribute__((target_clones("arch=x86-64-v4", "default")))
+HPO_CLONES
 void attend_item_f32(const PagedArgs& a, const WorkItem& w, const RowState& st, float* partial) {
     attend_item_dispatch<float>(a, w, st, partial);
 }
 
-__attribute__((target_clones("arch=x86-64-v4", "default")))
+HPO_CLONES
 void attend_item_bf16(const PagedArgs& a, const WorkItem& w, const RowState& st, float* partial) {
     attend_item_dispatch<uint16_t>(a, w, st, partial);
 }

@@ -43,7 +43,7 @@ void diagonal_generic(HPO_MWER_DIAGONAL_ARGS) { HPO_MWER_DIAGONAL_BODY }
 
 std::vector<int64_t> mwer_segment_ends(const std::vector<int32_t>& ref_ids,
                                        const std::vector<int32_t>& hyp_ids, int32_t marker,
-                                       bool allow_simd) {
+                                       int max_simd) {
     const size_t I = ref_ids.size();
     const size_t J = hyp_ids.size();
     if (I == 0 || ref_ids.back() != marker)
@@ -68,9 +68,9 @@ std::vector<int64_t> mwer_segment_ends(const std::vector<int32_t>& ref_ids,
     }
     uint32_t *c0 = cost_buf[0].data(), *c1 = cost_buf[1].data(), *c2 = cost_buf[2].data();
     uint32_t *b0 = bp_buf[0].data(), *b1 = bp_buf[1].data(), *b2 = bp_buf[2].data();
-    const bool avx512 = allow_simd && __builtin_cpu_supports("avx512f") &&
+    const bool avx512 = max_simd >= 2 && __builtin_cpu_supports("avx512f") &&
                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-    const bool avx2 = allow_simd && __builtin_cpu_supports("avx2");
+    const bool avx2 = max_simd >= 1 && __builtin_cpu_supports("avx2");
 
     for (size_t d = 1; d <= I + J; ++d) {  // c1/b1 hold diagonal 0 (the cell (0,0) = 0) first
         if (d <= J) c0[0] = static_cast<uint32_t>(d), b0[0] = 0;  // row 0: cost j

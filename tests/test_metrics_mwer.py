@@ -109,7 +109,7 @@ def test_rejects_mwersegmenter_control_tokens():
     assert mwer_segment("a b", ["### a b"]) == reference_segmentation("a b", ["### a b"])
 
 
-def test_portable_and_simd_dp_agree():
+def test_portable_avx2_and_avx512_dp_agree():
     from hpo_engine import _C
 
     rng = random.Random(11)
@@ -118,7 +118,9 @@ def test_portable_and_simd_dp_agree():
         for _ in range(rng.randint(1, 30)):
             refs += [rng.randint(2, 12) for _ in range(rng.randint(0, 9))] + [1]
         hyp = [rng.randint(2, 12) for _ in range(rng.randint(0, 120))]
-        assert _C.mwer_segment_ends(refs, hyp, 1, allow_simd=False) == _C.mwer_segment_ends(refs, hyp, 1)
+        portable = _C.mwer_segment_ends(refs, hyp, 1, max_simd=0)
+        assert _C.mwer_segment_ends(refs, hyp, 1, max_simd=1) == portable  # AVX2 where available
+        assert _C.mwer_segment_ends(refs, hyp, 1, max_simd=2) == portable  # AVX-512 where available
 
 
 def test_only_ascii_whitespace_separates_tokens():

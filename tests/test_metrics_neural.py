@@ -70,3 +70,31 @@ def test_comet_without_package_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "comet", None)  # import comet -> ImportError
     with pytest.raises(RuntimeError, match="unbabel-comet"):
         CometScorer(str(ckpt))
+
+
+def test_comet_plumbing_with_a_stand_in_package(tmp_path, monkeypatch):
+    """The unbabel-comet API as CometScorer uses it: load_from_checkpoint(path) and
+    model.predict(data, batch_size, gpus, progress_bar) -> .scores."""
+    import sys
+    import types
+
+    calls = {}
+
+    class Model:
+        def predict(self, data, batch_size, gpus, progress_bar):
+            calls.update(data=data, batch_size=batch_size, gpus=gpus)
+            return types.SimpleNamespace(scores=[len(d["mt"]) / 10 for d in data])
+
+    fake = types.ModuleType("comet")
+    fake.load_from_checkpoint = lambda path: calls.setdefault("path", path) and Model()
+    monkeypatch.setitem(sys.modules, "comet", fake)
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"")
+    scorer = CometScorer(str(ckpt), batch_size=3)
+    assert scorer.score(["abc", "abcdef"], ["x", "y"], ["s1", "s2"]) == [0.3, 0.6]
+    assert calls["path"] == str(ckpt) and calls["batch_size"] == 3 and calls["gpus"] == 0
+    assert calls["data"] == [{"src": "s1", "mt": "abc", "ref": "x"}, {"src": "s2", "mt": "abcdef", "ref": "y"}]
+    assert scorer.score(["abc"], None, ["s"]) == [0.3]  # reference-free (QE) input has no "ref"
+    assert calls["data"] == [{"src": "s", "mt": "abc"}]
+    with pytest.raises(ValueError, match="same length"):
+        scorer.score(["a", "b"], ["x"], ["s1", "s2"])
