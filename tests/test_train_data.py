@@ -122,3 +122,19 @@ def test_monotonic_schedule_by_hand():
     assert plan == [[], ["a", "b"], ["c", "d", "e", "f"], [], ["g", "h", "i"]]
     zh = monotonic_schedule([(0.0, 2.0)], ["你好吗"], num_chunks=3, chunk_seconds=1.0, lag_chunks=0, lang="zh")
     assert zh == [["你", "好"], ["吗"], []]
+
+
+def test_segment_scores_and_stream_laal_by_hand():
+    from hpo_engine.train.reward import aligned_groups, segment_scores, sentence_instances, window_stream_laal
+    # answers after chunks 1, 2, 3 (1 s chunks): delays 1, 3, 3 s; one sentence [0, 3] of 3 words:
+    # step = 3 / max(3, 3) = 1; L = ((1 - 1) + (3 - 2) + (3 - 3)) / 3 = 1/3
+    q, lat = segment_scores(["t7", "", "t7 t7"], ["t7 t7 t7"], [(0.0, 3.0)], "de", 1.0, "chrf")
+    assert q == [100.0] and lat == [pytest.approx(1 / 3)]
+    q, lat = segment_scores(["", ""], ["a b", "c"], [(0.0, 1.0), (1.0, 2.0)], "de", 1.0, "chrf", max_latency=10.0)
+    assert q == [0.0, 0.0] and lat == [10.0, 10.0]          # nothing written: worst quality, max latency
+    # StreamLAAL: sentence [1, 3] s, words at 2 s and 3 s -> delays 1000, 2000 ms from its start,
+    # source 2000 ms, gamma = 2 / 2000, tau = 2: ((1000 - 0) + (2000 - 1000)) / 2 = 1000 ms
+    groups = aligned_groups(["", "a", "b"], ["a b"], [(1.0, 3.0)], "de", 1.0)
+    assert window_stream_laal(sentence_instances(groups, [(1.0, 3.0)]), "de") == pytest.approx(1000.0)
+    assert window_stream_laal(sentence_instances(aligned_groups(["", ""], ["a"], [(0.0, 1.0)], "de", 1.0),
+                                                 [(0.0, 1.0)]), "de") is None

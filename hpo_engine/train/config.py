@@ -110,6 +110,7 @@ class TrainSection:
     validate_every: int = 10
     validation_metric: str = "chrF"      # chrF | BLEU (higher is better)
     progress_bar: bool = True
+    tensorboard: bool = True             # also write TensorBoard scalars when the package is installed
     num_threads: int | None = None       # torch CPU threads (1 is far faster on a loaded small machine)
 
 

@@ -8,17 +8,25 @@ piece against its reference (the metric's worst value for an empty piece).
 from __future__ import annotations
 
 from hpo_engine.metrics.quality import default_bleu_tokenizer, sentence_bleu, sentence_chrf
-from hpo_engine.metrics.reward import (TimedUnits, is_char_language, mwer_aligned_groups, segment_quality,
+from hpo_engine.metrics.reward import (AlignedGroup, is_char_language, mwer_aligned_groups, segment_quality,
                                        units_with_delays)
+from hpo_engine.metrics.streamlaal import SentenceInstance, stream_laal
+
+
+def aligned_groups(turn_texts: list[str], references: list[str], spans, lang: str, chunk_seconds: float,
+                   max_latency: float = 10.0) -> list[AlignedGroup]:
+    """One group per reference sentence: its mWER piece of the hypothesis, the piece's unit delays
+    (s from the window start) and its HPO latency."""
+    timed = units_with_delays(turn_texts, lang, chunk_seconds)
+    if not timed.units:     # nothing written: every sentence unaligned
+        return [AlignedGroup(r, "", [], max_latency) for r in references]
+    return mwer_aligned_groups(timed, references, spans, lang, max_latency)
 
 
 def segment_scores(turn_texts: list[str], references: list[str], spans, lang: str, chunk_seconds: float,
                    quality: str = "chrf", max_latency: float = 10.0) -> tuple[list[float], list[float]]:
     """(quality per reference sentence, latency per reference sentence in seconds)."""
-    timed = units_with_delays(turn_texts, lang, chunk_seconds)
-    if not timed.units:     # nothing written: every sentence unaligned
-        return [segment_quality(None, quality)] * len(references), [max_latency] * len(references)
-    groups = mwer_aligned_groups(TimedUnits(timed.units, timed.delays), references, spans, lang, max_latency)
+    groups = aligned_groups(turn_texts, references, spans, lang, chunk_seconds, max_latency)
     pieces = [g.piece for g in groups]
     if quality == "chrf":
         scores = sentence_chrf(pieces, list(references))
@@ -31,3 +39,17 @@ def segment_scores(turn_texts: list[str], references: list[str], spans, lang: st
 def hypothesis_text(turn_texts: list[str], lang: str) -> str:
     pieces = [t.strip() for t in turn_texts if t.strip()]
     return ("" if is_char_language(lang) else " ").join(pieces)
+
+
+def sentence_instances(groups: list[AlignedGroup], spans) -> list[SentenceInstance]:
+    """The groups as StreamLAAL's sentences: delays in ms from each sentence's source start."""
+    return [SentenceInstance(g.piece, g.reference, (end - start) * 1000.0,
+                             [(d - start) * 1000.0 for d in g.delays], [(d - start) * 1000.0 for d in g.delays])
+            for g, (start, end) in zip(groups, spans)]
+
+
+def window_stream_laal(sentences: list[SentenceInstance], lang: str) -> float | None:
+    """StreamLAAL (ms, not computation aware) over the sentences that received units; None if none did."""
+    if not any(s.delays for s in sentences):
+        return None
+    return stream_laal(sentences, unit="char" if is_char_language(lang) else "word")

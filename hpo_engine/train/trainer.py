@@ -23,7 +23,8 @@ from hpo_engine.train import checkpoint as ckpt
 from hpo_engine.train.config import TrainConfig
 from hpo_engine.train.data import WindowLoader, load_window, read_manifest
 from hpo_engine.train.policy import all_assistant_logprobs, assistant_logprobs, micro_batches, pad_rows
-from hpo_engine.train.reward import hypothesis_text, segment_scores
+from hpo_engine.train.reward import (aligned_groups, hypothesis_text, segment_scores, sentence_instances,
+                                     window_stream_laal)
 from hpo_engine.train.rollout import (DialogueFormat, TextCodec, banned_vocab_mask, pack_dialogue, rollout,
                                       turn_texts)
 from hpo_engine.train.sft import sft_answers
@@ -200,27 +201,46 @@ def sft_step(run: Run, step: int) -> dict:
 
 
 def validate(run: Run) -> dict:
-    """Greedy rollouts on the held-out windows: corpus BLEU / chrF of window hypotheses, mean latency."""
+    """Greedy rollouts on the held-out windows: corpus BLEU / chrF of the window hypotheses,
+    StreamLAAL (ms, over all sentences) and the mean HPO segment latency (s)."""
     if not run.valid:
         return {}
     d = run.cfg.dialogue
+    run.engine.reset_prefix_cache()
     samples = rollout(run.engine, run.valid, run.fmt, run.cfg.rollout, d.frames_per_chunk, seed=None,
                       group_size=1, greedy=True)
-    hyps, refs, lat = [], [], []
+    hyps, refs, latency, sentences = [], [], [], []
     for s in samples:
         w = run.valid[s.window]
         texts = turn_texts(s, run.codec)
         hyps.append(hypothesis_text(texts, d.target_lang))
         refs.append(hypothesis_text(w.references, d.target_lang))
-        lat += segment_scores(texts, w.references, w.segments, d.target_lang, d.chunk_seconds,
-                              run.cfg.reward.quality, run.cfg.reward.max_latency)[1]
+        groups = aligned_groups(texts, w.references, w.segments, d.target_lang, d.chunk_seconds,
+                                run.cfg.reward.max_latency)
+        latency += [g.latency for g in groups]
+        sentences += sentence_instances(groups, w.segments)
     return {"BLEU": corpus_bleu(hyps, refs, default_bleu_tokenizer(d.target_lang)), "chrF": corpus_chrf(hyps, refs),
-            "latency": float(np.mean(lat))}
+            "StreamLAAL": window_stream_laal(sentences, d.target_lang), "latency": float(np.mean(latency))}
 
 
-def _log(path: Path, record: dict) -> None:
+def _log(path: Path, record: dict, tensorboard=None) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+    if tensorboard is not None:
+        flat = {**{k: v for k, v in record.items() if k != "validation"},
+                **{f"validation/{k}": v for k, v in (record.get("validation") or {}).items()}}
+        for k, v in flat.items():
+            if isinstance(v, (int, float)) and k != "step":
+                tensorboard.add_scalar(k, v, record["step"])
+
+
+def _tensorboard(out_dir: Path):
+    """A SummaryWriter under OUTPUT_DIR/tensorboard when the tensorboard package is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
@@ -250,6 +270,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
     t = cfg.train
     step_fn = hpo_step if cfg.mode == "hpo" else sft_step
     history = []
+    tensorboard = _tensorboard(run.out_dir) if t.tensorboard else None
     bar = tqdm(range(start + 1, t.steps + 1), initial=start, total=t.steps, disable=not t.progress_bar,
                desc=cfg.mode)
     for step in bar:
@@ -258,11 +279,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
         if run.valid and (step % t.validate_every == 0 or step % t.checkpoint_every == 0 or step == t.steps):
             validation = validate(run)
             record["validation"] = validation
-        _log(metrics_path, record)
+        _log(metrics_path, record, tensorboard)
         history.append(record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("quality_mean", "kl", "sft_loss") if k in record})
         if step % t.checkpoint_every == 0 or step == t.steps:
             ckpt.save_checkpoint(ckpt_root, step, run.model, run.optimizer,
                                  {"data": run.loader.state(), "validation": validation}, Path(cfg.model.path))
             ckpt.prune(ckpt_root, t.keep_best, t.validation_metric)
+    if tensorboard is not None:
+        tensorboard.close()
     return history
