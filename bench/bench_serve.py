@@ -94,7 +94,11 @@ async def client(port: int, pcm: bytes, delay: float) -> tuple[list[float], list
 
 async def run_level(port: int, pcm: bytes, n: int, chunk_ms: float) -> dict:
     rng = random.Random(n)
-    results = await asyncio.gather(*(client(port, pcm, rng.uniform(0, chunk_ms / 1000)) for _ in range(n)))
+    results = await asyncio.gather(*(client(port, pcm, rng.uniform(0, chunk_ms / 1000)) for _ in range(n)),
+                                   return_exceptions=True)
+    failed = [repr(r) for r in results if isinstance(r, BaseException)]
+    if failed:
+        return {"streams": n, "sustained": False, "failed_clients": failed}
     lat = np.concatenate([r[0] for r in results])
     proc = np.concatenate([r[1] for r in results])
     return {"streams": n, "chunks": int(len(lat)), "latency_p50_ms": float(np.percentile(lat, 50)),

@@ -145,9 +145,10 @@ class TranslationServer:
                 break
             if s.ended:           # shutdown began while we waited
                 break
-            if len(message) > cfg.max_message_bytes:
+            size = len(message.encode()) if isinstance(message, str) else len(message)
+            if size > cfg.max_message_bytes:
                 self._error(s, "message_too_large",
-                            f"frame of {len(message)} bytes exceeds {cfg.max_message_bytes}; it was dropped")
+                            f"frame of {size} bytes exceeds {cfg.max_message_bytes}; it was dropped")
                 continue
             if isinstance(message, str):
                 self._text_frame(s, message)
@@ -198,7 +199,10 @@ class TranslationServer:
             loop.add_signal_handler(sig, stop.set)
         self.worker.start()
         async with serve(self.handle, self.config.host, self.config.port, process_request=self.process_request,
-                         max_size=self.config.hard_message_bytes, max_queue=4) as server:
+                         max_size=self.config.hard_message_bytes, max_queue=4,
+                         # no keepalive pings: backpressure stops reading the socket, so a pong could not be
+                         # seen and a slow engine would drop healthy clients; idle_timeout_s finds dead ones
+                         ping_interval=None) as server:
             self.server = server
             port = server.sockets[0].getsockname()[1]
             log.info("serving on ws://%s:%d%s (model: %s)", self.config.host, port, STREAM_PATH,

@@ -21,7 +21,7 @@ class Session:
     max_buffered_samples: int
     id: str = field(default_factory=lambda: secrets.token_hex(6))
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)   # frames to send; None = close
-    inbox: deque = field(default_factory=deque)                    # PCM bytes or END (worker lock)
+    inbox: deque = field(default_factory=deque)     # (arrival time, PCM bytes or END), worker lock
     space: asyncio.Event = field(default_factory=asyncio.Event)
     accepted_samples: int = 0
     translated_samples: int = 0

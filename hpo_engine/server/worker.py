@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -38,9 +39,9 @@ class EngineWorker(threading.Thread):
             self.lock.notify()
 
     def submit(self, session: Session, item) -> None:
-        """PCM bytes or END for a session."""
+        """PCM bytes or END for a session (same clock as SSTStream's default, perf_counter)."""
         with self.lock:
-            session.inbox.append(item)
+            session.inbox.append((time.perf_counter(), item))   # arrival time: queueing counts as latency
             self.lock.notify()
 
     def cancel(self, session: Session) -> None:
@@ -86,12 +87,12 @@ class EngineWorker(threading.Thread):
                 continue
             if s.sst is None:
                 s.sst = SSTStream(self.model, s.target_lang, self.max_new_tokens)
-            for item in taken.get(id(s), []):
+            for arrived_at, item in taken.get(id(s), []):
                 try:
                     if item is END:
-                        s.sst.end()
+                        s.sst.end(arrived_at)
                     elif not s.sst.ended:
-                        s.sst.feed(item)
+                        s.sst.feed(item, arrived_at)
                 except ValueError as e:     # bad audio content: tell the client, keep the stream
                     s.errors += 1
                     self.metrics.count_error("bad_audio")

@@ -38,7 +38,7 @@ class TranslationDelta:
 class PendingChunk:
     embeds: torch.Tensor      # [<= P, d_llm]
     audio_ms: float
-    completed_at: float       # clock() when its last sample arrived
+    completed_at: float       # clock() when its last sample arrived (or its end() was called)
 
 
 class SSTStream:
@@ -74,8 +74,10 @@ class SSTStream:
     def finished(self) -> bool:
         return self.ended and not self.pending
 
-    def feed(self, pcm) -> int:
-        """PCM s16le bytes or float32 samples (16 kHz mono), any length. Returns the chunks completed."""
+    def feed(self, pcm, arrived_at: float | None = None) -> int:
+        """PCM s16le bytes or float32 samples (16 kHz mono), any length. Returns the chunks completed.
+        `arrived_at` (clock time the audio reached the system, default now) starts the chunk's clock,
+        so time spent queued before this call counts in `processing_ms`."""
         if self.ended:
             raise RuntimeError("feed after end()")
         wave = pcm16_to_float(pcm, allow_empty=True) if isinstance(pcm, (bytes, bytearray, memoryview)) \
@@ -83,24 +85,24 @@ class SSTStream:
         start = self.clock()
         embeds = self.frontend.push(wave)      # validates (mono, finite) before changing any state
         self.samples_fed += len(wave)
-        self._queue(embeds, start)
+        self._queue(embeds, start, start if arrived_at is None else min(arrived_at, start))
         return len(embeds)
 
-    def end(self) -> None:
+    def end(self, arrived_at: float | None = None) -> None:
         """No more audio: the partial last chunk (if any) becomes the last user turn."""
         if self.ended:
             return
         start = self.clock()
-        self._queue(self.frontend.flush(), start)
+        self._queue(self.frontend.flush(), start, start if arrived_at is None else min(arrived_at, start))
         self.ended = True
 
-    def _queue(self, embeds: list[torch.Tensor], start: float) -> None:
+    def _queue(self, embeds: list[torch.Tensor], start: float, arrived_at: float) -> None:
         self.encode_seconds += self.clock() - start
         chunk_samples = self.frontend.chunk_samples
         for e in embeds:
             self.chunks_made += 1
             ms = min(self.chunks_made * chunk_samples, self.samples_fed) * 1000 / SAMPLE_RATE
-            self.pending.append(PendingChunk(e, ms, start))
+            self.pending.append(PendingChunk(e, ms, arrived_at))
 
     def append_next_turn(self) -> PendingChunk:
         """Append the oldest pending chunk as the next user turn of the engine stream."""
