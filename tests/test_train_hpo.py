@@ -121,3 +121,23 @@ def test_cli_metrics_checkpoints_and_pruning(task, tmp_path):
     cfg_file.write_text(cfg_file.read_text().replace("group_size: 8", "group_size: -2"))
     result = CliRunner().invoke(train_command, ["--config", str(cfg_file)])
     assert result.exit_code != 0 and "rollout.group_size" in result.output
+
+
+def test_bf16_model_steps_fp32_masters(task, tmp_path):
+    """A bf16 model: AdamW steps float32 masters (small updates accumulate there) and the model's
+    own tensors hold the masters rounded to bf16."""
+    train(config(task, tmp_path, model={"dtype": "bfloat16"}, optim={"lr": 1e-5},
+                 train={"steps": 1, "checkpoint_every": 1}, data={"valid": None}))
+    folder = tmp_path / "checkpoints" / "step_000001"
+    masters = load_file(str(folder / "extra.safetensors"))
+    weights = load_file(str(folder / "model.safetensors"))
+    initial = load_model(task / "model", dtype=torch.bfloat16)
+    names = [n for n, _ in initial.named_parameters()]
+    assert len(masters) == len(names)
+    for i, (name, p) in enumerate(initial.named_parameters()):
+        master = masters[f"master.{i}"]
+        assert master.dtype == torch.float32 and weights[name].dtype == torch.bfloat16
+        assert not torch.equal(master, p.detach().float()), name        # every master moved
+        assert torch.equal(weights[name], master.to(torch.bfloat16)), name
+    # some updates are below bf16's resolution: only the masters keep them
+    assert any(torch.equal(weights[n], p.detach()) for n, p in initial.named_parameters())

@@ -40,7 +40,9 @@ def model_state(model) -> dict:
     return state
 
 
-def save_checkpoint(root, step: int, model, optimizer, state: dict, base_model: Path) -> Path:
+def save_checkpoint(root, step: int, model, optimizer, state: dict, base_model: Path,
+                    extra: dict | None = None) -> Path:
+    """`extra`: more tensors to keep (fp32 master weights), in extra.safetensors."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
@@ -49,6 +51,8 @@ def save_checkpoint(root, step: int, model, optimizer, state: dict, base_model: 
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(model_state(model), str(tmp / "model.safetensors"))
+    if extra:
+        save_file({k: v.detach().contiguous() for k, v in extra.items()}, str(tmp / "extra.safetensors"))
     for name in BASE_FILES:
         if (Path(base_model) / name).is_file():
             shutil.copy2(Path(base_model) / name, tmp / name)
@@ -80,6 +84,10 @@ def load_checkpoint(path, model, optimizer) -> dict:
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
     return json.loads((path / "state.json").read_text())
+
+
+def load_extra(path) -> dict:
+    return load_file(str(Path(path) / "extra.safetensors"))
 
 
 def prune(root, keep_best: int, metric: str) -> None:

@@ -34,6 +34,37 @@ SUMMED = ("loss", "pg_loss", "kl_loss", "kl", "clip_frac_low", "clip_frac_high",
           "ratio_mean", "is_weight_mean", "logprob_error", "entropy")
 
 
+class MasterWeights:
+    """float32 master copies of a low-precision (bf16) model's parameters. AdamW steps the masters
+    and the results are cast back into the model's own tensors in place (the engine keeps using
+    them); without this, updates of lr 1e-6 are below bf16's resolution and vanish."""
+
+    def __init__(self, model):
+        self.pairs = [(p, p.detach().float().clone()) for p in model.parameters()]
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [m for _, m in self.pairs]
+
+    def grads_to_master(self) -> None:
+        for p, m in self.pairs:
+            m.grad = None if p.grad is None else p.grad.float()
+
+    @torch.no_grad()
+    def master_to_model(self) -> None:
+        for p, m in self.pairs:
+            p.copy_(m)
+
+    def state(self) -> dict:
+        return {f"master.{i}": m for i, (_, m) in enumerate(self.pairs)}
+
+    @torch.no_grad()
+    def load(self, tensors: dict) -> None:
+        for i, (_, m) in enumerate(self.pairs):
+            m.copy_(tensors[f"master.{i}"])
+        self.master_to_model()
+
+
 @dataclass
 class Run:
     cfg: TrainConfig
@@ -47,6 +78,7 @@ class Run:
     loader: WindowLoader
     valid: list                            # validation windows (may be empty)
     out_dir: Path
+    master: MasterWeights | None = None    # fp32 masters when the model is not float32
 
 
 def step_seed(cfg: TrainConfig, step: int) -> int:
@@ -71,7 +103,9 @@ def setup(cfg: TrainConfig) -> Run:
     ref_model = None
     if cfg.mode == "hpo":   # reloaded from the base folder, so a resumed run has the same reference
         ref_model = load_model(cfg.model.path, device=cfg.model.device, dtype=dtype).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+    master = MasterWeights(model) if dtype != torch.float32 else None
+    optimizer = torch.optim.AdamW(master.params if master else model.parameters(), lr=cfg.optim.lr,
+                                  weight_decay=cfg.optim.weight_decay,
                                   betas=tuple(cfg.optim.betas))
     d = cfg.dialogue
     loader = WindowLoader(read_manifest(cfg.data.train), d.frames_per_chunk, d.chunks_per_window,
@@ -79,7 +113,20 @@ def setup(cfg: TrainConfig) -> Run:
     valid = [load_window(r, d.frames_per_chunk, d.chunks_per_window)
              for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
     return Run(cfg, model, ref_model, engine, optimizer, fmt, TextCodec(tokenizer, fmt.stop_id),
-               banned_vocab_mask(fmt, model.config.vocab_size), loader, valid, Path(cfg.output_dir))
+               banned_vocab_mask(fmt, model.config.vocab_size), loader, valid, Path(cfg.output_dir), master)
+
+
+def optimizer_step(run: Run) -> float:
+    """Clip the gradient norm, step AdamW (on the fp32 masters for a bf16 model); returns the norm."""
+    params = list(run.model.parameters())
+    if run.master is not None:
+        run.master.grads_to_master()
+        params = run.master.params
+    norm = float(torch.nn.utils.clip_grad_norm_(params, run.cfg.optim.grad_clip))
+    run.optimizer.step()
+    if run.master is not None:
+        run.master.master_to_model()
+    return norm
 
 
 def hpo_step(run: Run, step: int) -> dict:
@@ -125,13 +172,12 @@ def hpo_step(run: Run, step: int) -> dict:
     grad_norms, update_tokens = [], 0
     for start in range(0, len(samples), cfg.optim.global_batch):
         batch = order[start:start + cfg.optim.global_batch]
-        run.optimizer.zero_grad(set_to_none=True)
+        run.model.zero_grad(set_to_none=True)
         m = accumulate_policy_gradient(run, samples, batch, old, ref, gen, advantages)
         for k in SUMMED:
             sums[k] = sums.get(k, 0.0) + m.get(k, 0.0)
         update_tokens += sum(samples[i].num_tokens for i in batch)
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)))
-        run.optimizer.step()
+        grad_norms.append(optimizer_step(run))
     run.engine.reset_prefix_cache()     # K/V cached under the old weights no longer match the model
     t3 = time.perf_counter()
 
@@ -183,7 +229,7 @@ def sft_step(run: Run, step: int) -> dict:
                                          run.fmt.stop_id), index=b)
                for b, w in enumerate(windows)]
     num_global_tokens = sum(int(s.assistant_mask.sum()) for s in samples)
-    run.optimizer.zero_grad(set_to_none=True)
+    run.model.zero_grad(set_to_none=True)
     total = 0.0
     for mb in micro_batches(samples, range(len(samples)), cfg.optim.max_tokens_per_microbatch):
         lps, _ = assistant_logprobs(run.model, [samples[i] for i in mb],   # full softmax, temperature 1
@@ -191,8 +237,7 @@ def sft_step(run: Run, step: int) -> dict:
         loss = -torch.cat(lps).sum() / num_global_tokens
         loss.backward()
         total += float(loss.detach())
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip))
-    run.optimizer.step()
+    grad_norm = optimizer_step(run)
     run.engine.reset_prefix_cache()
     seconds = time.perf_counter() - t0
     tokens = sum(s.num_tokens for s in samples)
@@ -257,6 +302,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
         if not found:
             raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
         state = ckpt.load_checkpoint(found[-1], run.model, run.optimizer)
+        if run.master is not None:
+            run.master.load(ckpt.load_extra(found[-1]))
         run.loader.load_state(state["data"])
         start = state["step"]
         run.engine.reset_prefix_cache()
@@ -284,7 +331,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("quality_mean", "kl", "sft_loss") if k in record})
         if step % t.checkpoint_every == 0 or step == t.steps:
             ckpt.save_checkpoint(ckpt_root, step, run.model, run.optimizer,
-                                 {"data": run.loader.state(), "validation": validation}, Path(cfg.model.path))
+                                 {"data": run.loader.state(), "validation": validation}, Path(cfg.model.path),
+                                 extra=run.master.state() if run.master is not None else None)
             ckpt.prune(ckpt_root, t.keep_best, t.validation_metric)
     if tensorboard is not None:
         tensorboard.close()
