@@ -57,13 +57,16 @@ class ServerProcess:
             self.proc.wait()
 
 
-def start_server(tmp: Path, *args: str, token: str = "test-token") -> ServerProcess:
-    token_file = tmp / "token"
-    token_file.write_text(token + "\n")
+def start_server(tmp: Path, *args: str, token: str | None = "test-token") -> ServerProcess:
+    """`hpo-engine serve` on a free port; with `token`, clients need Authorization: Bearer token."""
+    if token is not None:
+        token_file = tmp / "token"
+        token_file.write_text(token + "\n")
+        args = ("--token-file", str(token_file), *args)
     log_path = tmp / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", SERVE, "--port", "0", "--token-file", str(token_file), *args],
+        proc = subprocess.Popen([sys.executable, "-c", SERVE, "--port", "0", *args],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
