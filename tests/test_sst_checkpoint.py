@@ -35,8 +35,8 @@ def test_dialogue_tokens_follow_the_chat_template():
     first = tok.decode(d.system + d.user_turn(0, P))
     assert first == ("<|im_start|>system\nTranslate the following speech from English to German.<|im_end|>\n"
                      "<|im_start|>user\n" + "<empty_output>" * P + "<|im_end|>\n<|im_start|>assistant\n")
-    assert tok.decode(d.user_turn(3, 5)) == ("\n<|im_start|>user\n" + "<empty_output>" * 5
-                                              + "<|im_end|>\n<|im_start|>assistant\n")
+    later = "\n<|im_start|>user\n" + "<empty_output>" * 5 + "<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(d.user_turn(3, 5)) == later
     with pytest.raises(SSTConfigError, match="'xx'"):
         DialogueTokens.build(tok, model.config, "xx")
 
