@@ -1,6 +1,7 @@
 """Training throughput of the tiny config (configs/tiny_cpu.yaml on the toy task of hpo_engine/train/toy.py).
 
 Run:  .venv/bin/python bench/bench_train.py [--steps 10] [--threads 1] [--windows 2] [--group 8] [--max-new 4]
+                                          [--mode sft] [--compare-batching]
       (or under pytest: .venv/bin/python -m pytest bench/bench_train.py --benchmark-only)
 Reports, over the steps after the first (warm-up): rollout tokens/s (generated tokens / rollout time),
 update tokens/s (packed sequence tokens through forward + backward / update time, which includes the
@@ -22,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 
 def measure(steps: int = 10, threads: int = 1, windows: int = 2, group: int = 8, max_new: int = 4,
-            mode: str = "hpo") -> dict:
+            mode: str = "hpo", windows_together: int | None = None) -> dict:
     import torch
 
     from hpo_engine.train import toy
@@ -34,7 +35,8 @@ def measure(steps: int = 10, threads: int = 1, windows: int = 2, group: int = 8,
         cfg = load_config(REPO / "configs" / "tiny_cpu.yaml", {
             "mode": mode, "model": {"path": str(folder / "model")},
             "data": {"train": str(folder / "train.jsonl"), "valid": None}, "output_dir": str(folder / "out"),
-            "rollout": {"windows_per_step": windows, "group_size": group, "max_new_tokens_per_turn": max_new},
+            "rollout": {"windows_per_step": windows, "group_size": group, "max_new_tokens_per_turn": max_new,
+                        "windows_together": windows_together},
             "optim": {"global_batch": windows * group // 2},
             "train": {"steps": steps + 1, "checkpoint_every": 10_000, "progress_bar": False, "num_threads": threads}})
         start = time.perf_counter()
@@ -48,7 +50,7 @@ def measure(steps: int = 10, threads: int = 1, windows: int = 2, group: int = 8,
     step_s = total["rollout_s"] + total["reward_s"] + total["update_s"]
     update_tokens = sum(h["update_tokens_per_s"] * h["update_s"] for h in history)
     return {
-        "mode": "hpo", "steps": len(history), "threads": threads, "torch_threads": torch.get_num_threads(),
+        "mode": "hpo", "steps": len(history), "windows_together": windows_together or windows, "threads": threads, "torch_threads": torch.get_num_threads(),
         "samples_per_step": windows * group, "gen_tokens_per_step": total["gen_tokens"] / len(history),
         "rollout_tokens_per_s": total["gen_tokens"] / total["rollout_s"],
         "update_tokens_per_s": update_tokens / total["update_s"],
@@ -73,5 +75,19 @@ if __name__ == "__main__":
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-new", type=int, default=4)
     ap.add_argument("--mode", choices=["hpo", "sft"], default="hpo")
+    ap.add_argument("--compare-batching", action="store_true",
+                    help="rollout tokens/s with every window's group in one batch vs one window at a time, "
+                         "interleaved 3 x each in this process; medians and their ratio")
     a = ap.parse_args()
-    print(json.dumps(measure(a.steps, a.threads, a.windows, a.group, a.max_new, a.mode), indent=1))
+    if a.compare_batching:
+        import statistics
+        runs = {"all_windows": [], "one_window": []}
+        for _ in range(3):
+            runs["all_windows"].append(measure(a.steps, a.threads, a.windows, a.group, a.max_new)["rollout_tokens_per_s"])
+            runs["one_window"].append(measure(a.steps, a.threads, a.windows, a.group, a.max_new,
+                                              windows_together=1)["rollout_tokens_per_s"])
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        print(json.dumps({"rollout_tokens_per_s": runs, "median": med,
+                          "ratio_all_over_one": med["all_windows"] / med["one_window"]}, indent=1))
+    else:
+        print(json.dumps(measure(a.steps, a.threads, a.windows, a.group, a.max_new, a.mode), indent=1))

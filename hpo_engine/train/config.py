@@ -61,6 +61,7 @@ class RolloutSection:
     top_p: float = 0.999
     top_k: int = 10000
     max_new_tokens_per_turn: int = 40
+    windows_together: int | None = None  # windows whose groups decode in one batch (None: all; bounds KV memory)
 
 
 @dataclass
@@ -205,6 +206,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _require(r.temperature > 0, "rollout.temperature", f"must be > 0 for RL sampling, got {r.temperature}")
     _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _require(r.top_k >= 0, "rollout.top_k", f"must be >= 0, got {r.top_k}")
+    _require(r.windows_together is None or r.windows_together >= 1, "rollout.windows_together",
+             f"must be >= 1, got {r.windows_together}")
     _require(r.max_new_tokens_per_turn >= 1, "rollout.max_new_tokens_per_turn",
              f"must be >= 1, got {r.max_new_tokens_per_turn}")
     w = cfg.reward

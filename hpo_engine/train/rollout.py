@@ -141,20 +141,38 @@ def sampling_params(r, fmt: DialogueFormat, seed: int | None, greedy: bool = Fal
 
 
 def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, P: int, seed: int | None,
-            group_size: int | None = None, greedy: bool = False) -> list[Sample]:
-    """B windows x G samples through `engine.rollout_group` (the first turn prefilled once per window).
-    Samples come window by window; sample g of window b is seeded seed + b * G + g."""
+            group_size: int | None = None, greedy: bool = False, windows_together: int | None = None) -> list[Sample]:
+    """B windows x G samples through the runtime. Per window the first turn is prefilled once and G
+    forks share its blocks (as `engine.rollout_group`); the groups of up to `windows_together` windows
+    (default: all, `rollout.windows_together` when set) then run in ONE asynchronous batch. Samples
+    come window by window; sample g of window b is seeded seed + b * G + g."""
     G = group_size or rollout_cfg.group_size
+    together = windows_together or getattr(rollout_cfg, "windows_together", None) or len(windows)
     param = next(engine.model.parameters())
-    dtype = param.dtype
     samples = []
-    for b, window in enumerate(windows):
-        first, later = window_turns(window, fmt, P, dtype, param.device)
-        params = sampling_params(rollout_cfg, fmt, None if seed is None else seed + b * G, greedy)
-        for out in engine.rollout_group(first, later, G, params):
+    for start in range(0, len(windows), together):
+        streams, jobs, owners = [], [], []
+        try:
+            for b in range(start, min(start + together, len(windows))):
+                first, later = window_turns(windows[b], fmt, P, param.dtype, param.device)
+                root = engine.open_stream()
+                streams.append(root)
+                root.append(*first)
+                root.prefill()
+                group = [root] + [root.fork() for _ in range(G - 1)]
+                streams += group[1:]
+                for g, stream in enumerate(group):
+                    jobs.append((stream, list(later), sampling_params(
+                        rollout_cfg, fmt, None if seed is None else seed + b * G + g, greedy)))
+                    owners.append(b)
+            outputs = engine.generate_dialogues(jobs)
+        finally:
+            for stream in streams:
+                stream.close()
+        for b, out in zip(owners, outputs):
             answers = [t.token_ids for t in out.turns]
             logprobs = [t.logprobs for t in out.turns]
-            samples.append(pack_dialogue(window, fmt, P, answers, logprobs, index=b, dtype=dtype))
+            samples.append(pack_dialogue(windows[b], fmt, P, answers, logprobs, index=b, dtype=param.dtype))
     return samples
 
 
