@@ -24,14 +24,15 @@ void register_align(py::module_& m) {
         [](const std::vector<int32_t>& ref_token, const std::vector<uint8_t>& ref_punct,
            const std::vector<uint64_t>& ref_mask, const std::vector<int32_t>& hyp_token,
            const std::vector<uint8_t>& hyp_punct, const std::vector<uint64_t>& hyp_mask,
-           int words_per_mask, bool char_level) {
+           int words_per_mask, bool char_level, int max_simd) {
             hpo::SoftUnits ref{ref_token, ref_punct, ref_mask};
             hpo::SoftUnits hyp{hyp_token, hyp_punct, hyp_mask};
             py::gil_scoped_release release;
-            return hpo::soft_align(ref, hyp, words_per_mask, char_level);
+            return hpo::soft_align(ref, hyp, words_per_mask, char_level, max_simd);
         },
         py::arg("ref_token"), py::arg("ref_punct"), py::arg("ref_mask"), py::arg("hyp_token"),
         py::arg("hyp_punct"), py::arg("hyp_mask"), py::arg("words_per_mask"), py::arg("char_level"),
+        py::arg("max_simd") = 2,
         "SoftSegmenter alignment path as (ref index or -1, hyp index or -1) pairs.");
     m.def(
         "bleu_corpus_stats",

@@ -31,7 +31,8 @@ class OpTable {
 }  // namespace
 
 std::vector<std::pair<int64_t, int64_t>> soft_align(const SoftUnits& ref, const SoftUnits& hyp,
-                                                    int words_per_mask, bool char_level) {
+                                                    int words_per_mask, bool char_level,
+                                                    int max_simd) {
     const size_t n = ref.token.size() + 1;
     const size_t m = hyp.token.size() + 1;
     const size_t W = static_cast<size_t>(words_per_mask);
@@ -39,6 +40,10 @@ std::vector<std::pair<int64_t, int64_t>> soft_align(const SoftUnits& ref, const 
         ref.char_mask.size() != (n - 1) * W || hyp.char_mask.size() != (m - 1) * W)
         throw std::invalid_argument("soft_align: inconsistent unit arrays");
     const double NEG_INF = -std::numeric_limits<double>::infinity();
+    if (max_simd >= 2) {
+        std::vector<std::pair<int64_t, int64_t>> path;
+        if (soft_align_avx512(ref, hyp, words_per_mask, char_level, path)) return path;
+    }
 
     std::vector<int32_t> ref_card(n - 1, 0), hyp_card(m - 1, 0);
     for (size_t i = 0; i + 1 < n; ++i)

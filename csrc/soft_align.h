@@ -17,7 +17,14 @@ struct SoftUnits {
 // Returns the alignment path in forward order as pairs (ref index or -1, hyp index or -1).
 // char_level: similarity is exact token equality; otherwise Jaccard of character sets.
 // Punctuation against non-punctuation scores -inf. Ties: match > deletion > insertion.
+// max_simd = 0 forces the portable row-wise loop (to test the AVX-512 sweep against it).
 std::vector<std::pair<int64_t, int64_t>> soft_align(const SoftUnits& ref, const SoftUnits& hyp,
-                                                    int words_per_mask, bool char_level);
+                                                    int words_per_mask, bool char_level,
+                                                    int max_simd = 2);
+
+// The AVX-512 anti-diagonal sweep; false (path untouched) when the CPU lacks AVX-512 VPOPCNTDQ
+// or the masks are wider than 2 words.
+bool soft_align_avx512(const SoftUnits& ref, const SoftUnits& hyp, int words_per_mask,
+                       bool char_level, std::vector<std::pair<int64_t, int64_t>>& path);
 
 }  // namespace hpo

@@ -86,3 +86,22 @@ def test_moses_tokenization_matches_mosestokenizer():
     ours = tokenize_units([Unit(t) for t in texts], "en")
     theirs = omni_tokenization.tokenize_words([[omni_alignment.Word(t) for t in texts]], "en")[0]
     assert [(u.text, u.main, u.original) for u in ours] == [(w.text, w.main, w.original) for w in theirs]
+
+
+@pytest.mark.parametrize("width", [0, 1, 2, 3])
+def test_vectorised_and_portable_soft_dp_agree(width):
+    from hpo_engine import _C
+
+    rng = random.Random(width)
+    for _ in range(30):
+        n, m = rng.randint(0, 70), rng.randint(0, 70)
+        w = max(width, 1)
+        def side(k):
+            tokens = [rng.randint(0, 6) for _ in range(k)]
+            punct = [1 if t == 0 else 0 for t in tokens]  # the same text gets the same features
+            masks = [[rng.getrandbits(64) for _ in range(w)] for _ in range(7)]
+            return tokens, punct, [x for t in tokens for x in masks[t]] if width else []
+        rt, rp, rm = side(n)
+        ht, hp, hm = side(m)
+        args = (rt, rp, rm, ht, hp, hm, width, width == 0)
+        assert _C.soft_align(*args, max_simd=0) == _C.soft_align(*args)
