@@ -35,6 +35,9 @@ def test_shipped_configs_load():
     ({"train": {"progress_bar": "yes"}}, "train.progress_bar"),
     ({"dialogue": {"first_prefix_ids": [1, "a"]}}, "dialogue.first_prefix_ids[1]"),
     ({"model": {"path": ""}}, "model.path"),
+    ({"reward": {"quality": "metricx"}}, "reward.quality_model_path"),
+    ({"reward": {"quality": "bertscore"}}, "reward.quality"),
+    ({"rollout": {"windows_together": 0}}, "rollout.windows_together"),
 ])
 def test_bad_config_names_the_field(patch, field):
     data = json.loads(json.dumps(GOOD))
@@ -138,3 +141,25 @@ def test_segment_scores_and_stream_laal_by_hand():
     assert window_stream_laal(sentence_instances(groups, [(1.0, 3.0)]), "de") == pytest.approx(1000.0)
     assert window_stream_laal(sentence_instances(aligned_groups(["", ""], ["a"], [(0.0, 1.0)], "de", 1.0),
                                                  [(0.0, 1.0)]), "de") is None
+
+
+def test_quality_scorer_batches_and_negates_metricx():
+    from hpo_engine.metrics.reward import AlignedGroup
+    from hpo_engine.train.reward import QualityScorer, batch_scores
+
+    class FakeMetricX:          # records its calls; error = number of words
+        calls = []
+
+        def score(self, hyp, ref, src):
+            self.calls.append(list(hyp))
+            return [float(len(h.split())) for h in hyp]
+
+    scorer = QualityScorer("chrf")
+    scorer.kind, scorer.model = "metricx", FakeMetricX()
+    groups = [[AlignedGroup("r1", "a b", [1.0, 1.0], 0.5), AlignedGroup("r2", "", [], 10.0)],
+              [AlignedGroup("r1", "c", [2.0], 1.0), AlignedGroup("r2", "d e f", [2.0] * 3, 1.0)]]
+    q = batch_scores(scorer, groups, [["s1", "s2"], ["s1", "s2"]])
+    assert q == [[-2.0, -25.0], [-1.0, -3.0]]            # negated; the empty piece gets MetricX's worst
+    assert FakeMetricX.calls == [["a b", "c", "d e f"]]  # one batched call, empty pieces not scored
+    with pytest.raises(FileNotFoundError):
+        QualityScorer("metricx", model_path="/nonexistent/metricx")

@@ -66,7 +66,8 @@ class RolloutSection:
 
 @dataclass
 class RewardSection:
-    quality: str = "chrf"                # chrf | bleu (sentence level, 0..100)
+    quality: str = "chrf"                # chrf | bleu (sentence level, 0..100) | metricx (negated) | comet
+    quality_model_path: str | None = None   # local MetricX-24 folder / COMET .ckpt (never downloaded)
     segmenter: str = "mwer"
     alpha: float = 1.0
     beta: float = 0.5
@@ -211,7 +212,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _require(r.max_new_tokens_per_turn >= 1, "rollout.max_new_tokens_per_turn",
              f"must be >= 1, got {r.max_new_tokens_per_turn}")
     w = cfg.reward
-    _require(w.quality in ("chrf", "bleu"), "reward.quality", f"must be chrf or bleu, got {w.quality!r}")
+    _require(w.quality in ("chrf", "bleu", "metricx", "comet"), "reward.quality",
+             f"must be chrf, bleu, metricx or comet, got {w.quality!r}")
+    if w.quality in ("metricx", "comet") and cfg.mode == "hpo":
+        _require(bool(w.quality_model_path), "reward.quality_model_path",
+                 f"is required for reward.quality = {w.quality} (a local checkpoint)")
     _require(w.segmenter == "mwer", "reward.segmenter", f"only 'mwer' is implemented, got {w.segmenter!r}")
     _require(w.granularity in ("sentence", "document", "none", "seqpo"), "reward.granularity",
              f"must be sentence, document, none or seqpo, got {w.granularity!r}")
@@ -251,7 +256,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
         data = _merge(data, overrides)
     cfg = from_dict(data)
     base = path.parent
-    for section, key in (("model", "path"), ("data", "train"), ("data", "valid"), (None, "output_dir")):
+    for section, key in (("model", "path"), ("data", "train"), ("data", "valid"), (None, "output_dir"),
+                         ("reward", "quality_model_path")):
         obj = getattr(cfg, section) if section else cfg
         value = getattr(obj, key)
         if value and not Path(value).is_absolute():

@@ -23,17 +23,61 @@ def aligned_groups(turn_texts: list[str], references: list[str], spans, lang: st
     return mwer_aligned_groups(timed, references, spans, lang, max_latency)
 
 
+class QualityScorer:
+    """Per-segment quality, higher is better: sentence chrF or BLEU (0..100), negated MetricX-24
+    (-25..0) or COMET from a local checkpoint (`hpo_engine.metrics.neural`). Empty pieces (nothing
+    aligned) get the metric's worst value without being scored."""
+
+    def __init__(self, kind: str = "chrf", lang: str = "de", model_path: str | None = None, device: str = "cpu"):
+        self.kind, self.lang = kind, lang
+        self.model = None
+        if kind == "metricx":
+            from hpo_engine.metrics.neural import MetricXScorer
+            self.model = MetricXScorer(model_path, device=device)
+        elif kind == "comet":
+            from hpo_engine.metrics.neural import CometScorer
+            self.model = CometScorer(model_path, gpus=int(str(device).startswith("cuda")))
+        elif kind not in ("chrf", "bleu"):
+            raise ValueError(f"unknown quality metric {kind!r}")
+
+    def __call__(self, pieces: list[str], references: list[str], sources: list[str]) -> list[float]:
+        keep = [i for i, p in enumerate(pieces) if p.strip()]
+        hyp, ref, src = [pieces[i] for i in keep], [references[i] for i in keep], [sources[i] for i in keep]
+        if not keep:
+            scores = []
+        elif self.kind == "chrf":
+            scores = sentence_chrf(hyp, ref)
+        elif self.kind == "bleu":
+            scores = sentence_bleu(hyp, ref, tokenize=default_bleu_tokenizer(self.lang))
+        elif self.kind == "metricx":
+            scores = [-x for x in self.model.score(hyp, ref, src)]     # MetricX is an error: negate
+        else:
+            scores = self.model.score(hyp, ref, src)
+        out = [segment_quality(None, self.kind)] * len(pieces)
+        for i, v in zip(keep, scores):
+            out[i] = float(v)
+        return out
+
+
 def segment_scores(turn_texts: list[str], references: list[str], spans, lang: str, chunk_seconds: float,
-                   quality: str = "chrf", max_latency: float = 10.0) -> tuple[list[float], list[float]]:
+                   quality: str | QualityScorer = "chrf", max_latency: float = 10.0,
+                   sources: list[str] | None = None) -> tuple[list[float], list[float]]:
     """(quality per reference sentence, latency per reference sentence in seconds)."""
     groups = aligned_groups(turn_texts, references, spans, lang, chunk_seconds, max_latency)
-    pieces = [g.piece for g in groups]
-    if quality == "chrf":
-        scores = sentence_chrf(pieces, list(references))
-    else:
-        scores = sentence_bleu(pieces, list(references), tokenize=default_bleu_tokenizer(lang))
-    q = [segment_quality(s if p.strip() else None, quality) for s, p in zip(scores, pieces)]
+    scorer = quality if isinstance(quality, QualityScorer) else QualityScorer(quality, lang)
+    q = scorer([g.piece for g in groups], list(references), list(sources or [""] * len(references)))
     return q, [g.latency for g in groups]
+
+
+def batch_scores(scorer: QualityScorer, groups: list[list[AlignedGroup]], sources: list[list[str]]):
+    """Quality of every trajectory's segments in one scorer call (neural scorers batch): N lists."""
+    flat = [(g.piece, g.reference, src) for gs, ss in zip(groups, sources) for g, src in zip(gs, ss)]
+    scores = scorer([f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat]) if flat else []
+    out, i = [], 0
+    for gs in groups:
+        out.append(scores[i:i + len(gs)])
+        i += len(gs)
+    return out
 
 
 def hypothesis_text(turn_texts: list[str], lang: str) -> str:

@@ -23,8 +23,8 @@ from hpo_engine.train import checkpoint as ckpt
 from hpo_engine.train.config import TrainConfig
 from hpo_engine.train.data import WindowLoader, load_window, read_manifest
 from hpo_engine.train.policy import all_assistant_logprobs, assistant_logprobs, micro_batches, pad_rows
-from hpo_engine.train.reward import (aligned_groups, hypothesis_text, segment_scores, sentence_instances,
-                                     window_stream_laal)
+from hpo_engine.train.reward import (QualityScorer, aligned_groups, batch_scores, hypothesis_text,
+                                     sentence_instances, window_stream_laal)
 from hpo_engine.train.rollout import (DialogueFormat, TextCodec, banned_vocab_mask, pack_dialogue, rollout,
                                       turn_texts)
 from hpo_engine.train.sft import sft_answers
@@ -78,6 +78,7 @@ class Run:
     loader: WindowLoader
     valid: list                            # validation windows (may be empty)
     out_dir: Path
+    scorer: QualityScorer
     master: MasterWeights | None = None    # fp32 masters when the model is not float32
 
 
@@ -113,7 +114,9 @@ def setup(cfg: TrainConfig) -> Run:
     valid = [load_window(r, d.frames_per_chunk, d.chunks_per_window)
              for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
     return Run(cfg, model, ref_model, engine, optimizer, fmt, TextCodec(tokenizer, fmt.stop_id),
-               banned_vocab_mask(fmt, model.config.vocab_size), loader, valid, Path(cfg.output_dir), master)
+               banned_vocab_mask(fmt, model.config.vocab_size), loader, valid, Path(cfg.output_dir),
+               QualityScorer(cfg.reward.quality, cfg.dialogue.target_lang, cfg.reward.quality_model_path,
+                             cfg.model.device) if cfg.mode == "hpo" else QualityScorer("chrf"), master)
 
 
 def optimizer_step(run: Run) -> float:
@@ -142,13 +145,10 @@ def hpo_step(run: Run, step: int) -> dict:
     t1 = time.perf_counter()
 
     # 2. reward: per-segment quality and latency -> hierarchical reward, z-scored within each window's group
-    quality, latency = [], []
-    for s in samples:
-        w = windows[s.window]
-        q, lat = segment_scores(turn_texts(s, run.codec), w.references, w.segments, d.target_lang,
-                                d.chunk_seconds, cfg.reward.quality, cfg.reward.max_latency)
-        quality.append(q)
-        latency.append(lat)
+    groups = [aligned_groups(turn_texts(s, run.codec), windows[s.window].references, windows[s.window].segments,
+                             d.target_lang, d.chunk_seconds, cfg.reward.max_latency) for s in samples]
+    quality = batch_scores(run.scorer, groups, [windows[s.window].sources for s in samples])
+    latency = [[g.latency for g in gs] for gs in groups]
     rw = cfg.reward
     rewards, parts = hierarchical_reward(quality, latency, [s.window for s in samples], alpha=rw.alpha,
                                          beta=rw.beta, quality_threshold=rw.quality_threshold,
