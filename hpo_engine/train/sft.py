@@ -35,11 +35,12 @@ def monotonic_schedule(spans, references, num_chunks: int, chunk_seconds: float,
 def sft_answers(window, codec, chunk_seconds: float, lag_chunks: int, lang: str, stop_id: int) -> list[list[int]]:
     """Token ids of each assistant turn (stop token included) for one window."""
     sep = "" if is_char_language(lang) else " "
-    answers = []
-    for k, units in enumerate(monotonic_schedule(window.segments, window.references, window.num_chunks,
-                                                 chunk_seconds, lag_chunks, lang)):
+    answers, written = [], False
+    for units in monotonic_schedule(window.segments, window.references, window.num_chunks, chunk_seconds,
+                                    lag_chunks, lang):
         text = sep.join(units)
-        if text and codec.tokenizer is not None and sep and any(answers_k[:-1] for answers_k in answers):
-            text = " " + text      # a word-piece tokenizer needs the space between turns
+        if text and written and sep and codec.tokenizer is not None:
+            text = " " + text      # a subword tokenizer needs the space between words of two turns
+        written = written or bool(text)
         answers.append((codec.encode(text) if text else []) + [stop_id])
     return answers
