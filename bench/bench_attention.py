@@ -27,8 +27,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-if os.environ.get("BENCH_THREADS"):
-    torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+def _apply_threads():
+    if os.environ.get("BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+
+
+@pytest.fixture(autouse=True)
+def _bench_threads():
+    _apply_threads()   # after bench/conftest.py's session fixture (2 threads)
 
 SHAPES = {"smollm2": (9, 3, 64), "qwen3_4b": (32, 8, 128)}
 CASES = [  # (batch, new tokens, context incl. new tokens)
@@ -124,6 +130,7 @@ def summarize(path):
 
 def interleaved(seconds_per_case=4.0):
     import time
+    _apply_threads()
     print(f"threads {torch.get_num_threads()}, load average at start {os.getloadavg()[0]:.2f}")
     print(f"{'case':34s} {'paged ms':>9s} {'sdpa_contig/paged':>18s} {'gather_sdpa/paged':>18s} "
           f"{'torch_path/paged':>17s} rounds")

@@ -34,8 +34,8 @@ _LOG2E = 1.4426950408889634
 @triton.jit
 def _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_id, BLOCK_Q: tl.constexpr):
     """Largest b with cu_q[b] // BLOCK_Q + b <= tile_id (the sequence owning this tile)."""
-    lo = 0
-    hi = num_seqs
+    lo = tl.full([], 0, tl.int32)        # int32 scalars from the start: loop-carried types must not change
+    hi = tl.full([], 0, tl.int32) + num_seqs
     while lo < hi:
         mid = (lo + hi) // 2
         start = tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid
@@ -46,7 +46,7 @@ def _find_sequence(cu_seqlens_q_ptr, num_seqs, tile_id, BLOCK_Q: tl.constexpr):
     return lo - 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs", "num_tokens"])   # batch size changes must not recompile
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_ptr, lse_ptr,
     block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr,
@@ -141,7 +141,7 @@ def _paged_attention_kernel(
         tl.store(lse_ptr + row_id, lse, mask=row_valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])
 def _merge_splits_kernel(
     partial_ptr, lse_ptr, out_ptr, num_tokens, stride_o_t, stride_o_h,
     NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -194,10 +194,12 @@ def choose_launch(num_tokens, num_seqs, num_q_heads, num_kv_heads, head_dim, dty
     programs = tiles * num_kv_heads
     sms = _sm_count(device)
     splits = 1
-    if programs < 2 * sms:
+    if programs < 8 * sms:
+        # Aim at ~8 programs per SM so the last wave is a small part of the run (a few resident per SM);
+        # each split keeps >= 256 keys so the merge stays cheap next to the KV read. To be tuned on a
+        # device: bench/gpu_check.py times forced split counts beside this choice.
         max_ctx = max_blocks * block_size
-        # each split keeps >= 256 keys so the merge stays cheap relative to the KV read
-        splits = max(1, min(triton.cdiv(2 * sms, programs), max_ctx // 256, 64))
+        splits = max(1, min(triton.cdiv(8 * sms, programs), max_ctx // 256, 64))
     return block_m, block_q, tile_n, splits
 
 
