@@ -13,11 +13,12 @@ void register_align(py::module_& m) {
     m.def(
         "mwer_segment_ends",
         [](const std::vector<int32_t>& ref_ids, const std::vector<int32_t>& hyp_ids, int32_t marker,
-           int max_simd) {
+           int max_simd, bool narrow) {
             py::gil_scoped_release release;
-            return hpo::mwer_segment_ends(ref_ids, hyp_ids, marker, max_simd);
+            return hpo::mwer_segment_ends(ref_ids, hyp_ids, marker, max_simd, narrow);
         },
         py::arg("ref_ids"), py::arg("hyp_ids"), py::arg("marker"), py::arg("max_simd") = 2,
+        py::arg("narrow") = true,
         "mWER resegmentation: end position (exclusive) of each reference sentence in the hypothesis.");
     m.def(
         "soft_align",

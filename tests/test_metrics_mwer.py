@@ -121,6 +121,8 @@ def test_portable_avx2_and_avx512_dp_agree():
         portable = _C.mwer_segment_ends(refs, hyp, 1, max_simd=0)
         assert _C.mwer_segment_ends(refs, hyp, 1, max_simd=1) == portable  # AVX2 where available
         assert _C.mwer_segment_ends(refs, hyp, 1, max_simd=2) == portable  # AVX-512 where available
+        for simd in (0, 1, 2):  # 32-bit costs (used for very long talks)
+            assert _C.mwer_segment_ends(refs, hyp, 1, max_simd=simd, narrow=False) == portable
 
 
 def test_only_ascii_whitespace_separates_tokens():
