@@ -117,13 +117,13 @@ def composition_streamlaal(hyp, refs, segs):
 
 @pytest.mark.benchmark(group="streamlaal_1h")
 def test_streamlaal_ours(benchmark, talk_1h):
-    result = benchmark(ours_streamlaal, *talk_1h)
+    result = benchmark.pedantic(ours_streamlaal, args=talk_1h, rounds=15, iterations=1, warmup_rounds=1)
     assert result == composition_streamlaal(*talk_1h)
 
 
 @pytest.mark.benchmark(group="streamlaal_1h")
 def test_streamlaal_composition(benchmark, talk_1h):
-    benchmark.pedantic(composition_streamlaal, args=talk_1h, rounds=3, iterations=1)
+    benchmark.pedantic(composition_streamlaal, args=talk_1h, rounds=5, iterations=1)
 
 
 def ours_soft(hyp, refs, segs):
