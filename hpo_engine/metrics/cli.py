@@ -25,7 +25,7 @@ def _emit(scores: Dict[str, float], as_json: bool) -> None:
 def _run(fn, **kwargs) -> Dict[str, float]:
     try:
         return fn(**kwargs)
-    except (MetricsInputError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (MetricsInputError, FileNotFoundError, ValueError, RuntimeError, ImportError) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -43,7 +43,9 @@ def score() -> None:
 @click.option("--lang", default=None, help="Target language; picks the BLEU tokenizer (zh, ja-mecab, 13a).")
 @click.option("--bleu-tokenizer", default=None, help="sacrebleu tokenizer (overrides --lang).")
 @click.option("--no-use-ref-len", is_flag=True, help="SimulEval: use the hypothesis length, not the reference's.")
-@click.option("--fix-elapsed", is_flag=True, help="OmniSTEval's elapsed repair for YAAL_CA.")
+@click.option("--fix-elapsed", is_flag=True,
+              help="Repair SimulEval's cumulative elapsed for YAAL_CA (OmniSTEval's long-form repair; "
+                   "its shortform mode has none).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def shortform(hypothesis, references, latency_unit, lang, bleu_tokenizer, no_use_ref_len,
               fix_elapsed, as_json):
