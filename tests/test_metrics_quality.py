@@ -5,7 +5,8 @@ import pytest
 import sacrebleu
 
 from hpo_engine.metrics.quality import (corpus_bleu, corpus_chrf, corpus_quality, corpus_ter,
-                                        default_bleu_tokenizer, sentence_bleu, sentence_chrf)
+                                        default_bleu_tokenizer, sentence_bleu, sentence_chrf,
+                                        sentence_ter)
 
 EN = ["The house is green.", "It's 3.5 km away, isn't it?", "Hello -- world!", "",
       "Numbers like 1,000.50 stay."]
@@ -39,6 +40,8 @@ def test_random_sentences_and_sentence_level():
     assert sentence_bleu(hyps, refs) == expected
     assert sentence_chrf(hyps, refs) == [sacrebleu.CHRF().sentence_score(h, [r]).score
                                          for h, r in zip(hyps, refs)]
+    assert sentence_ter(hyps, refs) == [sacrebleu.TER().sentence_score(h, [r]).score
+                                        for h, r in zip(hyps, refs)]
     assert corpus_bleu(refs, refs) == pytest.approx(100.0)
 
 

@@ -56,6 +56,13 @@ def sentence_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> List[
     return [metric.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)]
 
 
+def sentence_ter(hypotheses: Sequence[str], references: Sequence[str]) -> List[float]:
+    """Per-sentence TER."""
+    _check(hypotheses, references)
+    metric = TER()
+    return [metric.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)]
+
+
 QUALITY_METRICS = ("BLEU", "chrF", "TER")
 
 
