@@ -192,7 +192,8 @@ def bench_attention(torch, attn_mod, timer, device, dry, batch, new, ctx, copy_g
     }
     auto = attn_mod.choose_launch(q.shape[0], batch, hq, hkv, d, q.dtype, table.shape[1], block, q.device)
     results_list.append(dict(case=label, impl="launch_choice", block_m=auto[0], block_q=auto[1], tile_n=auto[2],
-                             splits=auto[3], info=f"BLOCK_M={auto[0]} TILE_N={auto[2]} splits={auto[3]}"))
+                             splits=auto[3], num_warps=auto[4],
+                             info=f"BLOCK_M={auto[0]} TILE_N={auto[2]} splits={auto[3]} warps={auto[4]}"))
     for forced in ((2, 4, 8) if new == 1 else (2,)):   # split-KV tuning data for the next device run
         if forced != auto[3] and (not dry or forced == 2):
             impls[f"triton_paged_split{forced}"] = (

@@ -179,20 +179,27 @@ def _sm_count(device):
 
 
 def choose_launch(num_tokens, num_seqs, num_q_heads, num_kv_heads, head_dim, dtype, max_blocks, block_size,
-                  device):
-    """(BLOCK_M, BLOCK_Q, TILE_N, NUM_SPLITS) from shapes only (no device reads: CUDA-graph safe)."""
+                  device, sm_count=None):
+    """(BLOCK_M, BLOCK_Q, TILE_N, NUM_SPLITS, num_warps) from shapes only (no device reads: graph-safe).
+
+    Tile sizes come from the sm_90 compile report (no spills; Triton 3.9, ptxas from its wheel):
+    bf16 D<=128 BLOCK_M 16 / TILE_N 32 / 4 warps: 202 registers; BLOCK_M 64 / TILE_N 32 / 4 warps:
+    254; TILE_N 64 spilled (232-1008 B of stack) at 4 warps. fp32 BLOCK_M 16 / TILE_N 16: 168
+    registers; fp32 BLOCK_M 64 spilled 1.7 KB, so fp32 keeps the short tile.
+    """
     group = num_q_heads // num_kv_heads
     # Decode-heavy batches (about one token per sequence) keep BLOCK_M minimal; prefill-heavy ones
     # take taller tiles so K/V are re-read fewer times.
-    if num_tokens <= 2 * num_seqs:
+    if num_tokens <= 2 * num_seqs or dtype == torch.float32:
         block_m = max(16, triton.next_power_of_2(group))
     else:
         block_m = max(64, triton.next_power_of_2(group))
     block_q = block_m // group
-    tile_n = 32 if dtype == torch.float32 else 64
+    tile_n = 16 if dtype == torch.float32 else 32
+    num_warps = 4
     tiles = num_tokens // block_q + num_seqs
     programs = tiles * num_kv_heads
-    sms = _sm_count(device)
+    sms = sm_count or _sm_count(device)
     splits = 1
     if programs < 8 * sms:
         # Aim at ~8 programs per SM so the last wave is a small part of the run (a few resident per SM);
@@ -200,7 +207,7 @@ def choose_launch(num_tokens, num_seqs, num_q_heads, num_kv_heads, head_dim, dty
         # device: bench/gpu_check.py times forced split counts beside this choice.
         max_ctx = max_blocks * block_size
         splits = max(1, min(triton.cdiv(8 * sms, programs), max_ctx // 256, 64))
-    return block_m, block_q, tile_n, splits
+    return block_m, block_q, tile_n, splits, num_warps
 
 
 def paged_attention_triton(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None,
@@ -216,7 +223,7 @@ def paged_attention_triton(q, k_cache, v_cache, block_table, seq_lens, cu_seqlen
         return out
     scale = head_dim ** -0.5 if scale is None else scale
     group = num_q_heads // num_kv_heads
-    block_m, block_q, tile_n, splits = choose_launch(
+    block_m, block_q, tile_n, splits, num_warps = choose_launch(
         T, num_seqs, num_q_heads, num_kv_heads, head_dim, q.dtype, block_table.shape[1], block_size, q.device)
     if num_splits is not None:
         splits = num_splits
@@ -241,7 +248,7 @@ def paged_attention_triton(q, k_cache, v_cache, block_table, seq_lens, cu_seqlen
         BLOCK_M=block_m, BLOCK_Q=block_q, TILE_N=tile_n,
         NUM_SPLITS=splits, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST_DOT=q.device.type != "cuda",
-        num_warps=4, num_stages=2,
+        num_warps=num_warps, num_stages=2,
     )
     if splits > 1:
         _merge_splits_kernel[(T, num_q_heads)](

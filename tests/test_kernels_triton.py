@@ -87,14 +87,14 @@ else:
     def test_launch_choice_uses_shapes_only():
         cpu = torch.device("cpu")
         # many decode sequences: one launch, short tiles
-        bm, bq, tile, splits = attn.choose_launch(64, 64, 32, 8, 128, torch.bfloat16, 256, 16, cpu)
+        bm, bq, tile, splits, _ = attn.choose_launch(64, 64, 32, 8, 128, torch.bfloat16, 256, 16, cpu)
         assert (bm, bq, splits) == (16, 4, 1)
         # one long decode: split-KV
         assert attn.choose_launch(1, 1, 32, 8, 128, torch.bfloat16, 2048, 16, cpu)[3] > 1
         # short contexts are never split below 256 keys per slice
         assert attn.choose_launch(1, 1, 32, 8, 128, torch.bfloat16, 8, 16, cpu)[3] == 1
         # prefill-heavy batches take taller tiles
-        assert attn.choose_launch(500, 2, 9, 3, 64, torch.float32, 64, 32, cpu)[0] == 64
+        assert attn.choose_launch(500, 2, 9, 3, 64, torch.bfloat16, 64, 32, cpu)[0] == 64
 
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -110,3 +110,53 @@ else:
         store_kv_ref(key, value, k_ref, v_ref, slots)
         store.store_kv_triton(key, value, k_cache, v_cache, slots)
         assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+if not IN_CHILD:
+    @pytest.mark.parametrize("hq,hkv,d,dtype,tokens,seqs", [
+        (32, 8, 128, torch.bfloat16, 64, 64),     # decode, Qwen3-4B shape
+        (9, 3, 64, torch.bfloat16, 224, 16),      # chunk extension: tall tiles
+        (15, 3, 80, torch.float16, 1, 1),         # padded head_dim, split-KV
+        (8, 2, 128, torch.float32, 300, 2),       # fp32 keeps short tiles
+    ])
+    def test_triton_compiles_for_sm90_without_spills(hq, hkv, d, dtype, tokens, seqs):
+        """The real compiler (not the interpreter) on the launch the wrapper would choose: Triton's wheel
+        carries ptxas, so sm_90 code builds without a GPU. Register spills would cost bandwidth."""
+        import inspect
+        import pathlib
+        import subprocess
+        import tempfile
+
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from hpo_engine.kernels import triton_paged_attention as attn
+        if not hasattr(attn._paged_attention_kernel, "arg_names"):
+            pytest.skip("kernels were defined under the interpreter")
+        block_m, block_q, tile_n, splits, warps = attn.choose_launch(
+            tokens, seqs, hq, hkv, d, dtype, 4096 // 16, 16, torch.device("cpu"), sm_count=132)   # an H100
+        elem = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+        pointers = {"q_ptr": elem, "k_cache_ptr": elem, "v_cache_ptr": elem, "out_ptr": elem, "partial_ptr": "fp32",
+                    "lse_ptr": "fp32", "block_table_ptr": "i32", "seq_lens_ptr": "i32", "cu_seqlens_q_ptr": "i32"}
+        names = inspect.signature(attn._paged_attention_kernel.fn).parameters
+        signature = {n: f"*{pointers[n]}" if n in pointers else "fp32" if n == "scale_log2"
+                     else "constexpr" if n.isupper() else "i32" for n in names}
+        constants = dict(NUM_Q_HEADS=hq, GROUP=hq // hkv, HEAD_DIM=d, HEAD_DIM_PAD=triton.next_power_of_2(d),
+                         BLOCK_SIZE=16, BLOCK_M=block_m, BLOCK_Q=block_q, TILE_N=tile_n, NUM_SPLITS=splits,
+                         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", UPCAST_DOT=False)
+        try:
+            kernel = triton.compile(ASTSource(fn=attn._paged_attention_kernel, signature=signature,
+                                              constexprs=constants),
+                                    target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=2))
+        except RuntimeError as exc:   # no ptxas / CUDA backend in this Triton build
+            if "ptxas" in str(exc).lower():
+                pytest.skip(str(exc)[:200])
+            raise
+        cuobjdump = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        if not cuobjdump.exists():
+            return
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+        assert "STACK:0 " in usage, usage
