@@ -21,8 +21,9 @@ _HEAD_DIMS = (64, 80, 96, 128, 256)
 
 
 def supports_attention(q, k_cache):
+    """Whether the C++ path takes these tensors (else dispatch uses the torch path)."""
     return (_ATTN is not None and q.is_cpu and q.dtype in _DTYPES and k_cache.dtype == q.dtype
-            and q.shape[-1] in _HEAD_DIMS and q.shape[1] // k_cache.shape[2] <= 64)
+            and q.shape[-1] in _HEAD_DIMS and q.shape[1] // k_cache.shape[2] <= 64 and q.stride(-1) == 1)
 
 
 def paged_attention_cpp(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None):

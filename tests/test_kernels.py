@@ -136,3 +136,13 @@ def test_store_kv_strided_key():
     store_kv_ref(key, value, k_ref, v_ref, slots)
     K.store_kv(key, value, k_cache, v_cache, slots)
     assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+def test_dispatch_odd_q_layout_falls_back(monkeypatch):
+    monkeypatch.delenv("HPO_ATTN_BACKEND", raising=False)
+    g = torch.Generator().manual_seed(13)
+    q, kc, vc, table, lens, cu = paged_batch([(3, 40), (1, 20)], 6, 2, 64, 16, torch.float32, g)
+    q_odd = q.transpose(1, 2).contiguous().transpose(1, 2)     # same values, last dim strided
+    assert K.attention_backend(q_odd, kc) == "torch"
+    out = K.paged_attention(q_odd, kc, vc, table, lens, cu)
+    assert rel_err(out, paged_attention_ref(q, kc, vc, table, lens, cu)) < 1e-5
