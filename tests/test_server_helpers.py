@@ -65,6 +65,7 @@ def start_server(tmp: Path, *args: str, token: str | None = "test-token") -> Ser
         args = ("--token-file", str(token_file), *args)
     log_path = tmp / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ("--threads", "1", *args)        # see test_sst_helpers.one_thread
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-c", SERVE, "--port", "0", *args],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)

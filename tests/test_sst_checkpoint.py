@@ -5,7 +5,9 @@ import pytest
 
 from hpo_engine.sst.config import CONFIG_NAME, SSTConfig, SSTConfigError
 from hpo_engine.sst.dialogue import DialogueTokens
-from test_sst_helpers import default_model
+from test_sst_helpers import default_model, one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_default_folder_layout_and_honest_config():

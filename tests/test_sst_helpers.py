@@ -11,6 +11,17 @@ SENTENCES = ["Hello, how are you today?", "The weather is nice.", "Please open t
              "This is a short test.", "Thank you very much."]
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, restored after: on a shared, oversubscribed 2-core machine two
+    OpenMP threads made these tests about 6x slower (measured), one thread does not fight the other jobs."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @functools.lru_cache(maxsize=1)
 def default_model():
     from hpo_engine.sst import open_sst

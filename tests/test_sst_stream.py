@@ -4,9 +4,10 @@ import pytest
 
 from hpo_engine.speech.audio import AudioFormatError
 from hpo_engine.sst import SSTStream, translate_ready
-from test_sst_helpers import default_model, espeak_pcm16, espeak_wave
+from test_sst_helpers import default_model, espeak_pcm16, espeak_wave, one_thread  # noqa: F401
 
 MAX_NEW = 3
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(stream, pieces):
@@ -48,7 +49,7 @@ def test_turns_follow_chunks_and_split_does_not_matter():
 
 def test_batched_streams_match_one_at_a_time():
     model = default_model()
-    texts = ["Hello, how are you today?", "Thank you very much.", "We meet again tomorrow."]
+    texts = ["Hello, how are you today?", "Thank you very much."]
     alone = []
     for t in texts:
         s = SSTStream(model, "de", MAX_NEW)

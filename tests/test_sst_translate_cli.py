@@ -1,12 +1,15 @@
 """`hpo-engine translate`: SimulEval-style instances.log that `hpo-engine score` can read."""
 import json
 
+import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
 from hpo_engine.metrics.instances import read_instances_log
 from hpo_engine.sst.cli import translate
-from test_sst_helpers import espeak_wave
+from test_sst_helpers import espeak_wave, one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_translate_writes_simuleval_instances(tmp_path):

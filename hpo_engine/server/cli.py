@@ -32,8 +32,10 @@ def read_token(path: str | None) -> str | None:
               help="Audio per stream accepted but not yet translated before reading pauses (backpressure).")
 @click.option("--max-new-tokens", type=int, default=None, help="Per turn (default: the checkpoint's).")
 @click.option("--cache-memory", type=int, default=None, help="KV cache bytes (default: the engine's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads (default: torch's); on a shared, loaded machine 1 often runs faster.")
 def serve(model_path, host, port, token_file, max_streams, max_message_bytes, max_duration_s, idle_timeout_s,
-          max_buffered_ms, max_new_tokens, cache_memory):
+          max_buffered_ms, max_new_tokens, cache_memory, threads):
     """Serve streaming speech translation over WebSocket (/v1/stream), with /healthz, /metrics and /."""
     from hpo_engine.sst.checkpoint import open_sst
     from hpo_engine.sst.config import SSTConfigError
@@ -51,6 +53,9 @@ def serve(model_path, host, port, token_file, max_streams, max_message_bytes, ma
                               max_buffered_ms=max_buffered_ms, max_new_tokens=max_new_tokens)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     options = {"cache_memory": cache_memory} if cache_memory else {}
     try:
         model = open_sst(model_path, **options)

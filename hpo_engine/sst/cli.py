@@ -19,7 +19,9 @@ import click
 @click.option("--max-new-tokens", type=int, default=None, help="Per assistant turn (default: the checkpoint's).")
 @click.option("--latency-unit", type=click.Choice(["word", "char"]), default=None,
               help="Unit the delays are attached to (default: char for zh/ja, else word).")
-def translate(audio, output, model_path, target_lang, references, max_new_tokens, latency_unit):
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads (default: torch's); on a shared, loaded machine 1 often runs faster.")
+def translate(audio, output, model_path, target_lang, references, max_new_tokens, latency_unit, threads):
     """Simulated streaming translation of AUDIO files (any rate; delays and elapsed in ms)."""
     from tqdm import tqdm
 
@@ -29,6 +31,9 @@ def translate(audio, output, model_path, target_lang, references, max_new_tokens
     from .config import SSTConfigError
     from .simulate import simulate
 
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     refs = None
     if references:
         refs = [line.rstrip("\n").strip() for line in open(references, encoding="utf-8")]
