@@ -144,9 +144,12 @@ if not IN_CHILD:
         constants = dict(NUM_Q_HEADS=hq, GROUP=hq // hkv, HEAD_DIM=d, HEAD_DIM_PAD=triton.next_power_of_2(d),
                          BLOCK_SIZE=16, BLOCK_M=block_m, BLOCK_Q=block_q, TILE_N=tile_n, NUM_SPLITS=splits,
                          DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", UPCAST_DOT=False)
+        # what a launch specialises on these layouts: 16-divisible pointers and strides
+        divisible = {(list(names).index(n),): [["tt.divisibility", 16]] for n in names
+                     if n.endswith("_ptr") or n.startswith("stride")}
         try:
             kernel = triton.compile(ASTSource(fn=attn._paged_attention_kernel, signature=signature,
-                                              constexprs=constants),
+                                              constexprs=constants, attrs=divisible),
                                     target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=2))
         except RuntimeError as exc:   # no ptxas / CUDA backend in this Triton build
             if "ptxas" in str(exc).lower():
@@ -159,4 +162,6 @@ if not IN_CHILD:
             f.write(kernel.asm["cubin"])
             f.flush()
             usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+            sass = subprocess.run([str(cuobjdump), "-sass", f.name], capture_output=True, text=True).stdout
         assert "STACK:0 " in usage, usage
+        assert ".128" in sass and "LDG.E.U16" not in sass and "LDG.E.64" not in sass   # 16-byte K/V loads
