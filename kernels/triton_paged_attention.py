@@ -20,10 +20,9 @@ Work split (one program per (query tile, kv head[, kv split])):
     tile is cut into NUM_SPLITS slices; each writes a normalised partial output and its log-sum-exp,
     and `_merge_splits_kernel` combines them. NUM_SPLITS comes from shapes (grid size, max_blocks).
   * KV tiles of TILE_N keys may span pages: the page of each key is looked up (block_table row is
-    tiny and cached), so TILE_N is chosen for bandwidth, independent of block_size.
+    tiny and cached), so TILE_N is chosen for registers and bandwidth, independent of block_size.
+  * On CPU (TRITON_INTERPRET=1) the dots run on fp32 operands: the interpreter's 16-bit tl.dot is wrong.
 """
-import math
-
 import torch
 import triton
 import triton.language as tl
