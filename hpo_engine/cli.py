@@ -71,9 +71,12 @@ def generate(prompt, model_path, system, max_new_tokens, temperature, top_p, top
     stream.close()
 
 
-from hpo_engine.metrics.cli import score  # noqa: E402  (the metrics' own command group)
+# Each part owns its commands.
+from hpo_engine.metrics.cli import score  # noqa: E402
+from hpo_engine.train.cli import train  # noqa: E402
 
 main.add_command(score)
+main.add_command(train)
 
 if __name__ == "__main__":
     sys.exit(main())
