@@ -2,6 +2,16 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests run tiny shapes: one thread avoids OpenMP overhead and oversubscription (a test that
+    exercises a multi-threaded path sets its own count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smollm2_path():
     from hpo_engine.assets.smollm2 import smollm2_path as build
