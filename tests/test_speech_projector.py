@@ -10,15 +10,6 @@ from hpo_engine.speech.projector import Projector, ProjectorConfig, stack_frames
 from hpo_engine.speech.streaming import StreamingEncoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small shapes: a second thread buys little here and, on a busy machine, costs several times over
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("T,k", [(8, 4), (9, 4), (1, 4), (7, 1), (10, 3)])
 def test_stack_frames_is_concatenation(T, k):
     x = torch.randn(2, T, 5)

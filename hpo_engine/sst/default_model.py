@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from hpo_engine.assets.smollm2 import cache_dir, smollm2_path
+from hpo_engine.assets.cache import cache_dir
+from hpo_engine.assets.smollm2 import smollm2_path
 
 from .config import CONFIG_NAME, SSTConfig
 
