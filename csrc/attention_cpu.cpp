@@ -41,6 +41,8 @@ typedef float vf16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
 typedef uint32_t vu16 __attribute__((vector_size(64)));
 typedef uint16_t vh16 __attribute__((vector_size(32)));
+typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
 
 constexpr int kLanes = 16;
 constexpr int kChunk = 32;              // keys per softmax chunk
@@ -131,10 +133,15 @@ HPO_INLINE void prefetch_rows(const E* p, int64_t stride, int n) {
     for (int j = 0; j < n; ++j)
         for (int i = 0; i < D; i += kLineElems) __builtin_prefetch(p + j * stride + i, 0, 3);
 }
+// Horizontal sum as a tree of shuffles (4 vector adds); a plain lane loop keeps the source order and
+// compiles to 15 dependent scalar adds.
 HPO_INLINE float hsum(vf16 x) {
-    float s = 0.f;
-    for (int i = 0; i < kLanes; ++i) s += x[i];
-    return s;
+    vf8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+            __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    vf4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    b += __builtin_shufflevector(b, b, 2, 3, 0, 1);
+    b += __builtin_shufflevector(b, b, 1, 0, 3, 2);
+    return b[0];
 }
 
 // 2^x for x <= 0 (degree-7 Taylor of 2^f on [-0.5, 0.5], relative error < 1e-8 before rounding);
