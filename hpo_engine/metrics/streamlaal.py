@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import mean
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from .instances import LogInstance, MetricsInputError, SegmentDefinition
 from .mwer import mwer_segment
