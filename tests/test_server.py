@@ -169,20 +169,24 @@ def test_sigterm_drains_open_streams(server):
             frames = [json.loads(await ws.recv())]
             for i in range(0, len(pcm), FRAME):
                 await ws.send(pcm[i:i + FRAME])
-            while True:            # keep the stream alive (silence) until its first translation
+            silence = 0
+            while True:            # keep the stream alive (10 ms of silence) until its first translation
                 try:
                     frames.append(json.loads(await asyncio.wait_for(ws.recv(), 0.5)))
                     break
                 except asyncio.TimeoutError:
                     await ws.send(b"\x00\x00" * 160)
+                    silence += 160
             server.proc.send_signal(signal.SIGTERM)
             frames += [json.loads(m) async for m in ws]
-            return frames, ws.close_code
-    frames, close_code = run(go())
+            return frames, ws.close_code, silence
+    frames, close_code, silence = run(go())
     assert frames[1]["type"] == "translation"
     assert frames[-1]["type"] == "done"
     translations = [f for f in frames if f["type"] == "translation"]
-    assert frames[-1]["audio_ms"] == translations[-1]["audio_ms"] >= len(pcm) / 2 / 16
+    # the stream ends with the audio the server had read when the signal came, all of it translated
+    assert CHUNK_MS <= frames[-1]["audio_ms"] == translations[-1]["audio_ms"]
+    assert frames[-1]["audio_ms"] <= (len(pcm) / 2 + silence) / 16
     assert close_code in (1000, 1001)
     assert server.proc.wait(timeout=120) == 0
     assert "end=shutdown" in server.log()

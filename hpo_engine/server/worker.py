@@ -120,18 +120,19 @@ class EngineWorker(threading.Thread):
         self._close(s, code)
 
     def _close(self, s: Session, reason: str) -> None:
-        """Free the stream's blocks, close the connection, log one line."""
+        """Log one line, free the stream's blocks, close the connection (in this order, so that anyone
+        who sees the blocks back or the connection closed also finds the line in the log)."""
         if s in self.sessions:
             self.sessions.remove(s)
         stats = s.sst.stats() if s.sst is not None else {}
-        if s.sst is not None:
-            s.sst.close()
-        s.finished = True
-        s.post(None)
-        s.loop.call_soon_threadsafe(s.space.set)
         p = np.array(s.processing_ms) if s.processing_ms else np.zeros(1)
         log.info("stream %s lang=%s end=%s audio_ms=%.0f chunks=%d turns=%d tokens=%d chars=%d "
                  "chunk_ms_p50=%.0f chunk_ms_p95=%.0f errors=%d", s.id, s.target_lang, reason,
                  stats.get("audio_ms", 0), stats.get("chunks", 0), stats.get("turns", 0),
                  stats.get("generated_tokens", 0), len(s.sst.text) if s.sst else 0,
                  np.percentile(p, 50), np.percentile(p, 95), s.errors)
+        if s.sst is not None:
+            s.sst.close()
+        s.finished = True
+        s.post(None)
+        s.loop.call_soon_threadsafe(s.space.set)
