@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := espeak-ng
+APT_PACKAGES := espeak-ng chromium   # speech for the server tests; the page test's headless browser
 
 .PHONY: install run test bench model apt clean
 

@@ -73,10 +73,12 @@ def generate(prompt, model_path, system, max_new_tokens, temperature, top_p, top
 
 # Each part owns its commands.
 from hpo_engine.metrics.cli import score  # noqa: E402
+from hpo_engine.server.cli import serve  # noqa: E402
+from hpo_engine.sst.cli import translate  # noqa: E402
 from hpo_engine.train.cli import train  # noqa: E402
 
-main.add_command(score)
-main.add_command(train)
+for command in (serve, translate, score, train):
+    main.add_command(command)
 
 if __name__ == "__main__":
     sys.exit(main())
