@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := espeak-ng chromium   # speech for the server tests; the page test's headless browser
 
-.PHONY: install run test bench model apt clean
+.PHONY: install run generate test bench model apt clean
 
 install: $(STAMP) model
 
@@ -30,7 +30,10 @@ model: $(STAMP)
 	$(PY) -m hpo_engine.assets smollm2
 
 run: install
-	$(VENV)/bin/hpo-engine generate "Translate to German: The weather is nice today." --max-new-tokens 40
+	$(VENV)/bin/hpo-engine serve --host 127.0.0.1 --port 8765
+
+generate: install
+	$(VENV)/bin/hpo-engine generate "What is the capital of France?" --max-new-tokens 40
 
 test: install
 	$(PY) -m pytest -q tests
