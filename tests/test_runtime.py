@@ -173,3 +173,36 @@ def test_stream_counters(tiny):
     assert st["turns"] == 3 and st["generated_tokens"] == 9
     assert st["cached_tokens"] == s.num_cached_tokens and st["blocks"] == len(s.seq.block_table)
     assert st["mean_turn_s"] > 0
+
+
+def test_streams_join_and_leave_at_any_step(tiny):
+    """A stream submitted while another is mid-turn joins the running batch at the next step; both
+    give what they give alone; a stream closed mid-turn leaves without a trace."""
+    folder, hf = tiny
+    hidden = hf.config.hidden_size
+    greedy = SamplingParams(max_new_tokens=8, stop_token_ids=[])
+    d0, d1, d2 = (dialogue_turns(s, 2, hidden) for s in (20, 21, 22))
+    alone0, alone1 = run_alone(folder, d0, greedy), run_alone(folder, d1, greedy)
+    engine = Engine.from_pretrained(folder, num_blocks=128, placeholder_token_id=PH)
+    a, b, c = engine.open_stream(), engine.open_stream(), engine.open_stream()
+    a.append(*d0[0])
+    job_a = engine.submit(a, greedy, [d0[1]])
+    for _ in range(3):
+        engine.step()
+    b.append(*d1[0])
+    job_b = engine.submit(b, greedy, [d1[1]])
+    c.append(*d2[0])
+    engine.submit(c, greedy)
+    engine.step()
+    assert len(engine.running) == 3
+    c.close()                                   # leaves mid-turn
+    assert len(engine.running) == 2
+    while engine.running:
+        engine.step()
+    assert [t.token_ids for t in job_a.output.turns] == [o.token_ids for o in alone0]
+    assert [t.token_ids for t in job_b.output.turns] == [o.token_ids for o in alone1]
+    engine.submit(a, greedy)
+    with pytest.raises(ValueError, match="already being answered"):
+        engine.submit(a, greedy)
+    a.close()
+    assert not engine.running

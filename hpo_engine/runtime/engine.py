@@ -81,6 +81,7 @@ class Engine:
                                                                 max_cache_tokens),
                                    config.max_position_embeddings)
         self.streams: dict[int, "Stream"] = {}
+        self.running: list[_Job] = []
         self._ids = itertools.count()
 
     @classmethod
@@ -113,18 +114,39 @@ class Engine:
         """
         if len({id(s) for s, _, _ in jobs}) != len(jobs):
             raise ValueError("a stream may appear only once in one call")
-        for stream, _, _ in jobs:
-            stream._check_open()
-            if stream.seq.num_pending == 0:
-                raise ValueError(f"stream {stream.seq.seq_id} has nothing to answer: append a turn first")
-        running = [_Job(stream, list(turns), params, self._generator(params)) for stream, turns, params in jobs]
-        by_seq = {id(job.stream.seq): job for job in running}
-        while running:
-            batch = self.scheduler.schedule([job.stream.seq for job in running])
-            logits = self.runner.run(batch)
-            finished = self._postprocess(batch, logits, by_seq)
-            running = [job for job in running if job not in finished]
-        return [by_seq[id(s.seq)].output for s, _, _ in jobs]
+        mine = []
+        try:
+            for stream, turns, params in jobs:
+                mine.append(self.submit(stream, params, turns))
+            while any(job in self.running for job in mine):
+                self.step()
+        except BaseException:
+            self.running = [job for job in self.running if job not in mine]   # no orphaned jobs
+            raise
+        return [job.output for job in mine]
+
+    def submit(self, stream: "Stream", params: SamplingParams, later_turns=()) -> "_Job":
+        """Start answering `stream` (then its `later_turns`) from the next `step` on: streams join
+        and leave the running batch at any step. Returns the job; `job.output` fills as it runs."""
+        stream._check_open()
+        if stream.seq.num_pending == 0:
+            raise ValueError(f"stream {stream.seq.seq_id} has nothing to answer: append a turn first")
+        if any(job.stream is stream for job in self.running):
+            raise ValueError(f"stream {stream.seq.seq_id} is already being answered")
+        job = _Job(stream, list(later_turns), params, self._generator(params))
+        self.running.append(job)
+        return job
+
+    def step(self) -> list["_Job"]:
+        """One forward for every running job: schedule, run, postprocess. Returns the jobs that ended."""
+        if not self.running:
+            return []
+        by_seq = {id(job.stream.seq): job for job in self.running}
+        batch = self.scheduler.schedule([job.stream.seq for job in self.running])
+        logits = self.runner.run(batch)
+        finished = self._postprocess(batch, logits, by_seq)
+        self.running = [job for job in self.running if job not in finished]
+        return finished
 
     def _postprocess(self, batch, logits, by_seq) -> list["_Job"]:
         """Sample for the sequences whose pending tokens are all computed; end turns; start the next
@@ -298,6 +320,7 @@ class Stream:
         """Free every block the stream holds; further use raises StreamClosedError."""
         if self.seq.closed:
             return
+        self.engine.running = [job for job in self.engine.running if job.stream is not self]
         self.engine.pool.free_all(self.seq.block_table)
         self.seq.block_table = []
         self.seq.pop_front(self.seq.num_pending)
