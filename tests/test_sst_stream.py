@@ -4,6 +4,7 @@ import pytest
 
 from hpo_engine.speech.audio import AudioFormatError
 from hpo_engine.sst import SSTStream, translate_ready
+from hpo_engine.sst.stream import step_streams
 from test_sst_helpers import default_model, espeak_pcm16, espeak_wave, one_thread  # noqa: F401
 
 MAX_NEW = 3
@@ -70,6 +71,24 @@ def test_batched_streams_match_one_at_a_time():
     assert [together[id(s)] for s in streams] == alone
     for s in streams:
         s.close()
+
+    # the same through engine steps, the second stream's audio arriving while the first is mid-turn
+    streams = [SSTStream(model, "de", MAX_NEW) for _ in texts]
+    streams[0].feed(espeak_pcm16(texts[0]))
+    streams[0].end()
+    stepped = {id(s): [] for s in streams}
+    steps = 0
+    while not all(s.finished for s in streams):
+        if steps == 2:
+            streams[1].feed(espeak_pcm16(texts[1]))
+            streams[1].end()
+        for s, d in step_streams(streams):
+            stepped[id(s)].append(d.token_ids)
+        steps += 1
+    assert [stepped[id(s)] for s in streams] == alone
+    for s in streams:
+        s.close()
+    assert not model.engine.running
 
 
 def test_bad_input_changes_nothing_and_end_without_audio():

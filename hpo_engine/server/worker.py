@@ -3,7 +3,8 @@
 Only this thread touches the engine and the SST streams (the engine is not thread-safe). Each step:
   1. take every session's queued PCM / END (under the lock), drop vanished sessions (frees blocks)
   2. encode: feed PCM to each stream's front end (completed chunks wait in the stream)
-  3. one engine.generate_many over all streams with a ready chunk (translate_ready)
+  3. one engine step over all streams (step_streams): a stream with a ready chunk and no turn in
+     flight starts its turn and joins the running batch at once
   4. post translation frames; finished streams get their done frame, are closed and logged
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 import numpy as np
 
 from hpo_engine.speech.audio import SAMPLE_RATE
-from hpo_engine.sst.stream import SSTStream, translate_ready
+from hpo_engine.sst.stream import SSTStream, step_streams
 
 from .metrics import ServerMetrics
 from .session import END, Session
@@ -56,8 +57,8 @@ class EngineWorker(threading.Thread):
 
     # -- engine thread ----------------------------------------------------------------------------
     def _has_work(self) -> bool:
-        return bool(self._new) or any(s.inbox or s.cancelled or (s.sst is not None and s.sst.ready)
-                                      for s in self.sessions)
+        return bool(self._new) or any(s.inbox or s.cancelled or (s.sst is not None and (
+            s.sst.ready or s.sst.in_flight is not None)) for s in self.sessions)
 
     def run(self) -> None:
         while True:
@@ -97,7 +98,7 @@ class EngineWorker(threading.Thread):
                     s.errors += 1
                     self.metrics.count_error("bad_audio")
                     s.post({"type": "error", "code": "bad_audio", "message": str(e)})
-        results = translate_ready([s.sst for s in self.sessions if s.sst is not None and not s.cancelled])
+        results = step_streams([s.sst for s in self.sessions if s.sst is not None and not s.cancelled])
         by_stream = {id(s.sst): s for s in self.sessions}
         for stream, delta in results:
             s = by_stream[id(stream)]

@@ -4,7 +4,8 @@
     checkpoint.py     the folder layout, save_sst / open_sst -> SSTModel
     default_model.py  the embedded default (UNTRAINED projector) built on first use
     dialogue.py       token ids of the user turns
-    stream.py         SSTStream (PCM in, deltas out) and translate_ready (batched turns)
+    stream.py         SSTStream (PCM in, deltas out); translate_ready (one batched turn each),
+                      step_streams (one engine step, turns joining the running batch)
     simulate.py       simulated streaming over files -> SimulEval-style instances
     cli.py            `hpo-engine translate`
 """

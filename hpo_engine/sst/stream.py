@@ -61,6 +61,7 @@ class SSTStream:
         self.ended = False
         self.started_at = clock()
         self.encode_seconds = 0.0
+        self.in_flight = None       # (PendingChunk, engine job) while a turn runs under step_streams
 
     @property
     def audio_ms(self) -> float:
@@ -72,7 +73,7 @@ class SSTStream:
 
     @property
     def finished(self) -> bool:
-        return self.ended and not self.pending
+        return self.ended and not self.pending and self.in_flight is None
 
     def feed(self, pcm, arrived_at: float | None = None) -> int:
         """PCM s16le bytes or float32 samples (16 kHz mono), any length. Returns the chunks completed.
@@ -165,3 +166,27 @@ def translate_ready(streams: list[SSTStream]) -> list[tuple[SSTStream, Translati
     chunks = [s.append_next_turn() for s in ready]
     outputs = engine.generate_many([(s.stream, s.params) for s in ready])
     return [(s, s.accept(c, o)) for s, c, o in zip(ready, chunks, outputs)]
+
+
+def step_streams(streams: list[SSTStream]) -> list[tuple[SSTStream, TranslationDelta]]:
+    """One engine step with continuous batching across turns: every stream with a ready chunk and no
+    turn in flight starts its next turn (joining the running batch at once, not after the others'
+    turns), then one forward for all; the turns that ended become deltas."""
+    live = [s for s in streams if s.in_flight is not None or s.ready]
+    if not live:
+        return []
+    engine = live[0].model.engine
+    if any(s.model.engine is not engine for s in live):
+        raise ValueError("streams of different engines cannot be batched together")
+    for s in live:
+        if s.in_flight is None:
+            chunk = s.append_next_turn()
+            s.in_flight = (chunk, engine.submit(s.stream, s.params))
+    ended = engine.step()
+    out = []
+    for s in live:
+        chunk, job = s.in_flight
+        if job in ended:
+            s.in_flight = None
+            out.append((s, s.accept(chunk, job.output.turns[0])))
+    return out
