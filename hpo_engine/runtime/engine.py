@@ -74,7 +74,7 @@ class Engine:
         self.placeholder_token_id = placeholder_token_id
         self.pool = BlockPool(num_blocks, block_size)
         self.kv = KVCache(config, num_blocks, block_size, param.dtype, param.device)
-        self.runner = ModelRunner(model, self.pool, self.kv, placeholder_token_id)
+        self.runner = ModelRunner(model, self.pool, self.kv)
         if max_cache_tokens is not None and not 0 < max_cache_tokens < config.max_position_embeddings:
             raise ValueError(f"max_cache_tokens must be in (0, {config.max_position_embeddings}), got {max_cache_tokens}")
         self.scheduler = Scheduler(self.runner, SchedulerConfig(max_num_batched_tokens, max_num_seqs,
@@ -190,7 +190,7 @@ class Engine:
     def _generator(self, params: SamplingParams) -> torch.Generator | None:
         if params.temperature == 0:
             return None
-        g = torch.Generator(device=self.kv.layers[0][0].device)
+        g = torch.Generator(device=self.kv.device)
         if params.seed is None:
             g.seed()
         else:

@@ -14,9 +14,8 @@ from hpo_engine.runtime.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, pool: BlockPool, kv: KVCache, placeholder_token_id: int | None):
+    def __init__(self, model: CausalLM, pool: BlockPool, kv: KVCache):
         self.model, self.pool, self.kv = model, pool, kv
-        self.placeholder_token_id = placeholder_token_id
         self.device = model.inv_freq.device
 
     # -- cache slots ------------------------------------------------------------------------------
