@@ -3,6 +3,7 @@
     FOLDER/config.json, *.safetensors, tokenizer files   the LLM (Engine.from_pretrained opens FOLDER as is)
     FOLDER/speech/encoder.safetensors                    the Whisper-family encoder (hpo_engine.speech names)
     FOLDER/speech/projector.safetensors                  frame stacking + MLP to the LLM width
+    FOLDER/speech/llm_adapter.safetensors                optional: the trained LLM part (sst/adapter.py)
     FOLDER/sst_config.json                               SSTConfig
 
 The speech tensors live in a subfolder so the LLM loader's `*.safetensors` glob never opens them.
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, SpeechFrontEnd, WhisperEncoder
 
+from .adapter import ADAPTER_FILE, apply_adapter, read_adapter
 from .config import SSTConfig, SSTConfigError
 
 ENCODER_FILE = "speech/encoder.safetensors"
@@ -93,6 +95,12 @@ def open_sst(path=None, device="cpu", dtype=torch.float32, **engine_options) -> 
     options = {"placeholder_token_id": config.placeholder_token_id,
                "max_cache_tokens": config.max_cache_tokens, **engine_options}
     engine = Engine.from_pretrained(path, device=device, dtype=dtype, **options)
+    adapter = read_adapter(path)
+    if adapter is not None:     # a trained checkpoint: base LLM files + the small trained part
+        try:
+            apply_adapter(engine.model, adapter, str(path / ADAPTER_FILE))
+        except ValueError as e:
+            raise SSTConfigError(str(e)) from None
     if engine.tokenizer is None:
         raise SSTConfigError(f"{path} has no tokenizer files; an SST checkpoint needs them")
     if projector.cfg.d_llm != engine.config.hidden_size:

@@ -1,7 +1,9 @@
 """Atomic checkpoints: write everything into a temporary folder, then one rename.
 
 A checkpoint folder `step_000010/` holds
-  model.safetensors (+ config.json and tokenizer files of the base model: loadable by Engine.from_pretrained),
+  model.safetensors: the LLM weights training changes (all of them with train_llm = all: then the folder,
+    with the config.json and tokenizer files copied from the base model, loads by Engine.from_pretrained),
+  adapters.safetensors: projector.* and lora.* tensors, when trained,
   optimizer.pt, rng.pt (torch, numpy, python states), state.json (step, data position, validation, config).
 A crash mid-write leaves only a `.tmp-*` folder, which is ignored and cleaned up later.
 """
@@ -33,16 +35,10 @@ def list_checkpoints(root) -> list[Path]:
                   and (p / "state.json").is_file())
 
 
-def model_state(model) -> dict:
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)   # tied: stored once, as the embedding
-    return state
-
-
-def save_checkpoint(root, step: int, model, optimizer, state: dict, base_model: Path,
+def save_checkpoint(root, step: int, tensors: dict, optimizer, state: dict, base_model: Path,
                     extra: dict | None = None) -> Path:
-    """`extra`: more tensors to keep (fp32 master weights), in extra.safetensors."""
+    """`tensors`: what training changes (`Trainable.state()`: llm.*, projector.*, lora.*);
+    `extra`: more tensors to keep (fp32 master weights), in extra.safetensors."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
@@ -50,9 +46,11 @@ def save_checkpoint(root, step: int, model, optimizer, state: dict, base_model: 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"))
-    if extra:
-        save_file({k: v.detach().contiguous() for k, v in extra.items()}, str(tmp / "extra.safetensors"))
+    llm = {k[4:]: v for k, v in tensors.items() if k.startswith("llm.")}
+    adapters = {k: v for k, v in tensors.items() if not k.startswith("llm.")}
+    for name, part in (("model.safetensors", llm), ("adapters.safetensors", adapters), ("extra.safetensors", extra)):
+        if part:
+            save_file({k: v.detach().contiguous() for k, v in part.items()}, str(tmp / name))
     for name in BASE_FILES:
         if (Path(base_model) / name).is_file():
             shutil.copy2(Path(base_model) / name, tmp / name)
@@ -69,21 +67,26 @@ def save_checkpoint(root, step: int, model, optimizer, state: dict, base_model: 
     return final
 
 
-def load_checkpoint(path, model, optimizer) -> dict:
-    """Restore weights, optimizer and RNG states in place; return state.json."""
+def load_tensors(path) -> dict:
+    """The trained tensors of a checkpoint, named as `Trainable.state()` names them."""
     path = Path(path)
-    weights = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [m for m in missing if not (m == "lm_head.weight" and model.config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+    out = {}
+    if (path / "model.safetensors").is_file():
+        out.update({f"llm.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()})
+    if (path / "adapters.safetensors").is_file():
+        out.update(load_file(str(path / "adapters.safetensors")))
+    return out
+
+
+def load_checkpoint(path, optimizer) -> tuple[dict, dict]:
+    """Restore the optimizer and RNG states in place; return (trained tensors, state.json)."""
+    path = Path(path)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     rng = torch.load(path / "rng.pt", weights_only=False)
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
-    return json.loads((path / "state.json").read_text())
+    return load_tensors(path), json.loads((path / "state.json").read_text())
 
 
 def load_extra(path) -> dict:

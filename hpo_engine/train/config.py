@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from hpo_engine.models.lora import TARGETS as LORA_TARGETS
+
 
 class ConfigError(ValueError):
     pass
@@ -19,11 +21,18 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelSection:
-    path: str = ""                       # Hugging Face model folder (the policy's start and the KL reference)
+    # A Hugging Face model folder, or an SST checkpoint folder (with sst_config.json: its projector maps
+    # encoder frames to embeddings, and its template, ids and chunk geometry define the dialogue)
+    path: str = ""                       # the policy's start and the KL reference
     dtype: str = "float32"               # float32 | bfloat16
     device: str = "cpu"
     num_blocks: int | None = None        # engine KV pool (None: sized by the engine)
     block_size: int = 16
+    train_llm: str = "all"               # which LLM weights change: all | none | lora | last:N (last N layers + norm)
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    train_projector: bool = True         # SST checkpoints: train the speech projector too
 
 
 @dataclass
@@ -196,7 +205,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _require(bool(cfg.model.path), "model.path", "is required (a Hugging Face model folder)")
     _require(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype",
              f"must be float32 or bfloat16, got {cfg.model.dtype!r}")
-    _require(bool(cfg.data.train), "data.train", "is required (a JSONL manifest)")
+    m = cfg.model
+    _require(m.train_llm in ("all", "none", "lora") or (m.train_llm.startswith("last:") and m.train_llm[5:].isdigit()
+                                                        and int(m.train_llm[5:]) >= 1),
+             "model.train_llm", f"must be all, none, lora or last:N (N >= 1), got {m.train_llm!r}")
+    _require(m.lora_rank >= 1, "model.lora_rank", f"must be >= 1, got {m.lora_rank}")
+    _require(bool(m.lora_targets) and set(m.lora_targets) <= set(LORA_TARGETS), "model.lora_targets",
+             f"must be a non-empty subset of {', '.join(LORA_TARGETS)}, got {m.lora_targets}")
+    _require(bool(cfg.data.train), "data.train", "is required (a JSONL or parquet manifest)")
     d = cfg.dialogue
     for name in ("frames_per_chunk", "chunks_per_window"):
         _require(getattr(d, name) >= 1, f"dialogue.{name}", f"must be >= 1, got {getattr(d, name)}")

@@ -1,6 +1,7 @@
 """Training windows: a JSONL manifest, its validation, and a resumable loader.
 
-One manifest line is one window of a long recording:
+One manifest line (JSONL; or one row of a parquet file, list columns as lists or JSON text) is one
+window of a long recording:
 
     {"id": "talk1-0003",
      "features": "feats/talk1.npy",        # precomputed speech embeddings (path relative to the manifest)
@@ -12,7 +13,10 @@ One manifest line is one window of a long recording:
 
 The paper's parquet column names are accepted as aliases (`audio_npy_path`, `audio_npy_row`,
 `segment_info`; `audio_duration` when window_start/end are absent). A line may name `audio`
-instead of features; the trainer then refuses it (no speech encoder is wired into training).
+instead of features: the trainer then cuts [window_start, window_end] from the file and runs the SST
+checkpoint's streaming encoder over it, as serving would (so it needs an SST checkpoint).
+Features are rows of whatever the model's speech input takes: LLM-width embeddings for a plain LLM,
+encoder frames (`stack` rows per embedding, projected in training) for an SST checkpoint.
 Errors name the file, the line and the field.
 """
 from __future__ import annotations
@@ -53,7 +57,7 @@ class WindowRecord:
 class Window:
     """A window ready for a rollout: speech embeddings cut into chunks of P frames."""
     id: str
-    embeds: np.ndarray                 # [num_chunks * P, dim] float32 (the last chunk zero-padded)
+    embeds: np.ndarray                 # [num_chunks * rows_per_chunk, dim] float32 (last chunk zero-padded)
     num_chunks: int
     segments: list[tuple[float, float]]
     sources: list[str]
@@ -123,20 +127,38 @@ def parse_line(rec, where: str, base: Path) -> WindowRecord:
         sources=list(rec["src_segments"]), references=list(rec["tgt_segments"]))
 
 
+def _manifest_rows(path: Path):
+    """(where, object) per manifest row: JSONL lines (blank ones skipped) or parquet rows."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ManifestError(f"{path}: reading parquet manifests needs pyarrow (pip install pyarrow)") from None
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            for key in ("segments", "segment_info", "src_segments", "tgt_segments"):
+                if isinstance(row.get(key), str):    # list columns are often stored as JSON text
+                    try:
+                        row[key] = json.loads(row[key])
+                    except json.JSONDecodeError as exc:
+                        raise ManifestError(f"{path}:row {i}: field {key!r} is not valid JSON: {exc.msg}") from None
+            yield f"{path}:row {i}", row
+        return
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{lineno}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+
+
 def read_manifest(path) -> list[WindowRecord]:
-    """Parse and check every line (blank lines skipped); files named are checked to exist."""
+    """Parse and check every row of a JSONL or parquet manifest; files named are checked to exist."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{where}: not valid JSON: {exc.msg}") from None
+    for where, rec in _manifest_rows(path):
         record = parse_line(rec, where, path.parent)
         speech = record.features or record.audio
         if not speech.is_file():
@@ -147,11 +169,16 @@ def read_manifest(path) -> list[WindowRecord]:
     return records
 
 
-def load_window(rec: WindowRecord, frames_per_chunk: int, max_chunks: int) -> Window:
-    """The window's speech as at most `max_chunks` chunks of P frames (last one zero-padded)."""
+def load_window(rec: WindowRecord, frames_per_chunk: int, max_chunks: int, encode_audio=None) -> Window:
+    """The window's speech as at most `max_chunks` chunks of `frames_per_chunk` rows (last one
+    zero-padded). `encode_audio(path, start_s, end_s) -> [frames, dim]` turns an `audio` line into rows."""
     if rec.features is None:
-        raise ManifestError(f"window {rec.id}: audio windows need the speech encoder; give precomputed 'features'")
-    arr = np.load(rec.features, mmap_mode="r")
+        if encode_audio is None:
+            raise ManifestError(f"window {rec.id}: field 'audio' needs a speech encoder (train from an SST "
+                                "checkpoint) or precomputed 'features'")
+        arr = np.asarray(encode_audio(rec.audio, rec.window_start, rec.window_end), dtype=np.float32)
+    else:
+        arr = np.load(rec.features, mmap_mode="r")
     if rec.features_row is not None:
         if arr.ndim != 3 or not 0 <= rec.features_row < arr.shape[0]:
             raise ManifestError(f"window {rec.id}: field 'features_row' = {rec.features_row} does not index "
@@ -174,8 +201,9 @@ class WindowLoader:
     (epoch, index) so that a resumed run draws exactly the windows it would have drawn."""
 
     def __init__(self, records: list[WindowRecord], frames_per_chunk: int, chunks_per_window: int,
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, encode_audio=None):
         self.records, self.P, self.N = records, frames_per_chunk, chunks_per_window
+        self.encode_audio = encode_audio
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
 
@@ -192,7 +220,7 @@ class WindowLoader:
                 self.epoch, self.index = self.epoch + 1, 0
             rec = self.records[int(self._order()[self.index])]
             self.index += 1
-            out.append(load_window(rec, self.P, self.N))
+            out.append(load_window(rec, self.P, self.N, self.encode_audio))
         return out
 
     def state(self) -> dict:

@@ -40,13 +40,17 @@ def forward(model, x, positions, cu_seqlens, checkpointing: bool = False):
 
 
 def assistant_logprobs(model, samples: list[Sample], banned: torch.Tensor | None = None,
-                       temperature: float = 1.0, entropy: bool = False, checkpointing: bool = False):
+                       temperature: float = 1.0, entropy: bool = False, checkpointing: bool = False,
+                       embed_speech=None):
     """One packed forward of `samples` -> (logprobs, entropies or None), each a list of [n_i] tensors:
-    for every assistant token of sample i, its logprob given the dialogue before it."""
+    for every assistant token of sample i, its logprob given the dialogue before it.
+    `embed_speech(rows) -> [n, H]` (the trainable projector) turns speech rows into embeddings."""
     device = model.inv_freq.device
     ids = torch.cat([s.input_ids for s in samples]).to(device)
     speech = torch.cat([s.speech_mask for s in samples]).to(device)
     embeds = torch.cat([s.embeds for s in samples]).to(device)
+    if embed_speech is not None:     # every sample holds whole chunks: rows stay grouped per embedding
+        embeds = embed_speech(embeds)
     lengths = [s.num_tokens for s in samples]
     positions = torch.cat([torch.arange(n) for n in lengths]).to(device)
     cu = torch.tensor([0] + lengths, device=device).cumsum(0)
@@ -82,11 +86,12 @@ def pad_rows(rows: list[torch.Tensor], width: int | None = None) -> tuple[torch.
 
 
 @torch.no_grad()
-def all_assistant_logprobs(model, samples, banned, temperature, max_tokens) -> list[torch.Tensor]:
+def all_assistant_logprobs(model, samples, banned, temperature, max_tokens, embed_speech=None) -> list[torch.Tensor]:
     """Logprobs (no grad) of every sample's assistant tokens, micro-batched."""
     out: list[torch.Tensor | None] = [None] * len(samples)
     for mb in micro_batches(samples, range(len(samples)), max_tokens):
-        lps, _ = assistant_logprobs(model, [samples[i] for i in mb], banned, temperature)
+        lps, _ = assistant_logprobs(model, [samples[i] for i in mb], banned, temperature,
+                                    embed_speech=embed_speech)
         for i, lp in zip(mb, lps):
             out[i] = lp.detach()
     return out

@@ -63,6 +63,16 @@ class DialogueFormat:
             raise ValueError("dialogue.banned_token_ids: must not contain the stop token")
         return cls(list(first), list(prefix), list(suffix), placeholder, stop, sorted(set(banned)))
 
+    @classmethod
+    def from_sst(cls, sst, tokenizer, target_lang: str) -> "DialogueFormat":
+        """The template, placeholder, stop and banned ids an SST checkpoint is served with."""
+        def ids(text):
+            return tokenizer.encode(text, add_special_tokens=False)
+
+        system = sst.system_template.format(instruction=sst.instruction(target_lang))
+        return cls(ids(system + sst.user_prefix), ids(sst.next_user_prefix), ids(sst.user_suffix),
+                   sst.placeholder_token_id, sst.stop_token_ids[0], sorted(set(sst.banned_token_ids)))
+
     def user_turn(self, k: int, P: int) -> list[int]:
         return (self.first_prefix if k == 0 else self.turn_prefix) + [self.placeholder_id] * P + self.turn_suffix
 
@@ -92,7 +102,8 @@ class Sample:
     answers: list[list[int]]           # token ids per assistant turn (each turn's stop token included)
     input_ids: torch.Tensor            # [T] the whole dialogue
     speech_mask: torch.Tensor          # [T] bool, placeholder positions
-    embeds: torch.Tensor               # [n_placeholders, H]
+    embeds: torch.Tensor               # [n_placeholders * rows, dim]: speech rows (embeddings, or encoder
+                                       # frames that the trainer's projector turns into embeddings)
     assistant_mask: torch.Tensor       # [T] bool, generated tokens (the trained ones)
     gen_logprobs: torch.Tensor         # [T] the sampler's logprobs at assistant positions, 0 elsewhere
 
@@ -105,15 +116,21 @@ class Sample:
         return [k for k, a in enumerate(self.answers) for _ in a]
 
 
-def window_turns(window: Window, fmt: DialogueFormat, P: int, dtype=torch.float32, device="cpu"):
-    """(first_turn, later_turns) for `engine.rollout_group`: one user turn per chunk."""
-    embeds = torch.from_numpy(window.embeds).to(device=device, dtype=dtype)
+def window_turns(window: Window, fmt: DialogueFormat, P: int, dtype=torch.float32, device="cpu", embed_speech=None):
+    """(first_turn, later_turns) for `engine.rollout_group`: one user turn per chunk.
+    `embed_speech(rows) -> [n, H]` maps the window's speech rows to embeddings (default: they are)."""
+    embeds = torch.from_numpy(window.embeds).to(device=device)
+    if embed_speech is not None:
+        with torch.no_grad():
+            embeds = embed_speech(embeds)
+    embeds = embeds.to(dtype)
     turns = [(fmt.user_turn(k, P), embeds[k * P:(k + 1) * P]) for k in range(window.num_chunks)]
     return turns[0], turns[1:]
 
 
 def pack_dialogue(window: Window, fmt: DialogueFormat, P: int, answers: list[list[int]],
-                  logprobs: list[list[float]] | None = None, index: int = 0, dtype=torch.float32) -> Sample:
+                  logprobs: list[list[float]] | None = None, index: int = 0, dtype=torch.float32,
+                  rows_per_embedding: int = 1) -> Sample:
     """The training sequence: user turn k followed by answer k, for every chunk."""
     ids, speech, assistant, lps = [], [], [], []
     for k, answer in enumerate(answers):
@@ -126,10 +143,10 @@ def pack_dialogue(window: Window, fmt: DialogueFormat, P: int, answers: list[lis
         speech += [False] * len(answer)
         assistant += [True] * len(answer)
         lps += list(logprobs[k]) if logprobs is not None else [0.0] * len(answer)
-    n_ph = len(answers) * P
+    n_rows = len(answers) * P * rows_per_embedding
     return Sample(index, [list(a) for a in answers], torch.tensor(ids, dtype=torch.long),
                   torch.tensor(speech, dtype=torch.bool),
-                  torch.from_numpy(window.embeds[:n_ph]).to(dtype),
+                  torch.from_numpy(window.embeds[:n_rows]).to(dtype),
                   torch.tensor(assistant, dtype=torch.bool), torch.tensor(lps, dtype=torch.float32))
 
 
@@ -141,7 +158,8 @@ def sampling_params(r, fmt: DialogueFormat, seed: int | None, greedy: bool = Fal
 
 
 def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, P: int, seed: int | None,
-            group_size: int | None = None, greedy: bool = False, windows_together: int | None = None) -> list[Sample]:
+            group_size: int | None = None, greedy: bool = False, windows_together: int | None = None,
+            embed_speech=None, rows_per_embedding: int = 1) -> list[Sample]:
     """B windows x G samples through the runtime. Per window the first turn is prefilled once and G
     forks share its blocks (as `engine.rollout_group`); the groups of up to `windows_together` windows
     (default: all, `rollout.windows_together` when set) then run in ONE asynchronous batch. Samples
@@ -154,7 +172,7 @@ def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, P: 
         streams, jobs, owners = [], [], []
         try:
             for b in range(start, min(start + together, len(windows))):
-                first, later = window_turns(windows[b], fmt, P, param.dtype, param.device)
+                first, later = window_turns(windows[b], fmt, P, param.dtype, param.device, embed_speech)
                 root = engine.open_stream()
                 streams.append(root)
                 root.append(*first)
@@ -172,7 +190,9 @@ def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, P: 
         for b, out in zip(owners, outputs):
             answers = [t.token_ids for t in out.turns]
             logprobs = [t.logprobs for t in out.turns]
-            samples.append(pack_dialogue(windows[b], fmt, P, answers, logprobs, index=b, dtype=param.dtype))
+            samples.append(pack_dialogue(windows[b], fmt, P, answers, logprobs, index=b,
+                                         dtype=torch.float32 if embed_speech else param.dtype,
+                                         rows_per_embedding=rows_per_embedding))
     return samples
 
 

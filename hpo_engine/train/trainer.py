@@ -20,14 +20,18 @@ from hpo_engine.rl.loss import policy_loss
 from hpo_engine.rl.reward import hierarchical_reward
 from hpo_engine.runtime.engine import Engine
 from hpo_engine.train import checkpoint as ckpt
-from hpo_engine.train.config import TrainConfig
+from hpo_engine.sst.adapter import apply_adapter, read_adapter
+from hpo_engine.sst.config import SSTConfig
+from hpo_engine.train.config import ConfigError, TrainConfig
 from hpo_engine.train.data import WindowLoader, load_window, read_manifest
 from hpo_engine.train.policy import all_assistant_logprobs, assistant_logprobs, micro_batches, pad_rows
 from hpo_engine.train.reward import (QualityScorer, aligned_groups, batch_scores, hypothesis_text,
                                      sentence_instances, window_stream_laal)
 from hpo_engine.train.rollout import (DialogueFormat, TextCodec, banned_vocab_mask, pack_dialogue, rollout,
                                       turn_texts)
+from hpo_engine.train.export import export_sst
 from hpo_engine.train.sft import sft_answers
+from hpo_engine.train.trainable import Trainable, frozen_copy, select
 
 # Metrics of policy_loss that are token means over the global batch: they add up over micro-batches.
 SUMMED = ("loss", "pg_loss", "kl_loss", "kl", "clip_frac_low", "clip_frac_high", "dual_clip_frac",
@@ -35,12 +39,12 @@ SUMMED = ("loss", "pg_loss", "kl_loss", "kl", "clip_frac_low", "clip_frac_high",
 
 
 class MasterWeights:
-    """float32 master copies of a low-precision (bf16) model's parameters. AdamW steps the masters
-    and the results are cast back into the model's own tensors in place (the engine keeps using
-    them); without this, updates of lr 1e-6 are below bf16's resolution and vanish."""
+    """float32 master copies of a low-precision (bf16) model's trained parameters. AdamW steps the
+    masters and the results are cast back into the model's own tensors in place (the engine keeps
+    using them); without this, updates of lr 1e-6 are below bf16's resolution and vanish."""
 
-    def __init__(self, model):
-        self.pairs = [(p, p.detach().float().clone()) for p in model.parameters()]
+    def __init__(self, params: list[torch.Tensor]):
+        self.pairs = [(p, p.detach().float().clone()) for p in params]
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -69,7 +73,10 @@ class MasterWeights:
 class Run:
     cfg: TrainConfig
     model: torch.nn.Module
-    ref_model: torch.nn.Module | None      # frozen initial model (HPO's KL reference)
+    trainable: Trainable                   # what the update changes (LLM weights, LoRA, projector)
+    ref_model: torch.nn.Module | None      # frozen initial LLM (HPO's KL reference) when LLM weights train
+    ref_projector: torch.nn.Module | None  # frozen initial projector (SST checkpoints)
+    sst: SSTConfig | None                  # set when model.path is an SST checkpoint
     engine: Engine
     optimizer: torch.optim.Optimizer
     fmt: DialogueFormat
@@ -80,6 +87,15 @@ class Run:
     out_dir: Path
     scorer: QualityScorer
     master: MasterWeights | None = None    # fp32 masters when the model is not float32
+
+    @property
+    def rows_per_embedding(self) -> int:
+        """Speech rows per placeholder: encoder frames per embedding with a projector, else 1."""
+        return self.trainable.projector.cfg.stack if self.trainable.projector is not None else 1
+
+    @property
+    def embed_speech(self):
+        return self.trainable.embed_speech if self.trainable.projector is not None else None
 
 
 def step_seed(cfg: TrainConfig, step: int) -> int:
@@ -94,34 +110,85 @@ def setup(cfg: TrainConfig) -> Run:
     np.random.seed(cfg.seed)
     import random
     random.seed(cfg.seed)
-    dtype = getattr(torch, cfg.model.dtype)
-    model = load_model(cfg.model.path, device=cfg.model.device, dtype=dtype)
-    model.requires_grad_(True)
-    tokenizer = load_tokenizer(cfg.model.path)
-    fmt = DialogueFormat.from_config(cfg.dialogue, tokenizer, model.config.vocab_size)
-    engine = Engine(model, tokenizer, placeholder_token_id=fmt.placeholder_id, num_blocks=cfg.model.num_blocks,
-                    block_size=cfg.model.block_size)
+    dtype, m, d = getattr(torch, cfg.model.dtype), cfg.model, cfg.dialogue
+    model = load_model(m.path, device=m.device, dtype=dtype)
+    tokenizer = load_tokenizer(m.path)
+    sst, projector, encode_audio = open_speech_parts(cfg)
+    base_adapter = read_adapter(m.path) if sst is not None else None
+    if base_adapter:       # an SST checkpoint trained before (SFT before HPO): start from its weights
+        apply_adapter(model, base_adapter)
+    if sst is not None:
+        fmt = DialogueFormat.from_sst(sst, tokenizer, d.target_lang)
+    else:
+        fmt = DialogueFormat.from_config(d, tokenizer, model.config.vocab_size)
+    trainable = select(model, m.train_llm, projector, m.train_projector, m.lora_rank, m.lora_alpha,
+                       m.lora_targets, cfg.seed)
+    engine = Engine(model, tokenizer, placeholder_token_id=fmt.placeholder_id, num_blocks=m.num_blocks,
+                    block_size=m.block_size)
     ref_model = None
-    if cfg.mode == "hpo":   # reloaded from the base folder, so a resumed run has the same reference
-        ref_model = load_model(cfg.model.path, device=cfg.model.device, dtype=dtype).requires_grad_(False)
-    master = MasterWeights(model) if dtype != torch.float32 else None
-    optimizer = torch.optim.AdamW(master.params if master else model.parameters(), lr=cfg.optim.lr,
-                                  weight_decay=cfg.optim.weight_decay,
-                                  betas=tuple(cfg.optim.betas))
-    d = cfg.dialogue
-    loader = WindowLoader(read_manifest(cfg.data.train), d.frames_per_chunk, d.chunks_per_window,
-                          seed=cfg.seed, shuffle=cfg.data.shuffle)
-    valid = [load_window(r, d.frames_per_chunk, d.chunks_per_window)
+    if cfg.mode == "hpo" and any(p.requires_grad for p in model.parameters()):
+        # reloaded from the base folder, so a resumed run has the same reference
+        ref_model = load_model(m.path, device=m.device, dtype=dtype).requires_grad_(False)
+        if base_adapter:
+            apply_adapter(ref_model, base_adapter)
+    params = trainable.parameters()
+    master = MasterWeights(params) if dtype != torch.float32 else None
+    optimizer = torch.optim.AdamW(master.params if master else params, lr=cfg.optim.lr,
+                                  weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    rows = d.frames_per_chunk * (projector.cfg.stack if projector is not None else 1)
+    loader = WindowLoader(read_manifest(cfg.data.train), rows, d.chunks_per_window, seed=cfg.seed,
+                          shuffle=cfg.data.shuffle, encode_audio=encode_audio)
+    valid = [load_window(r, rows, d.chunks_per_window, encode_audio)
              for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
-    return Run(cfg, model, ref_model, engine, optimizer, fmt, TextCodec(tokenizer, fmt.stop_id),
-               banned_vocab_mask(fmt, model.config.vocab_size), loader, valid, Path(cfg.output_dir),
-               QualityScorer(cfg.reward.quality, cfg.dialogue.target_lang, cfg.reward.quality_model_path,
-                             cfg.model.device) if cfg.mode == "hpo" else QualityScorer("chrf"), master)
+    scorer = QualityScorer(cfg.reward.quality, d.target_lang, cfg.reward.quality_model_path, m.device) \
+        if cfg.mode == "hpo" else QualityScorer("chrf")
+    return Run(cfg, model, trainable, ref_model, frozen_copy(projector), sst, engine, optimizer, fmt,
+               TextCodec(tokenizer, fmt.stop_id), banned_vocab_mask(fmt, model.config.vocab_size), loader, valid,
+               Path(cfg.output_dir), scorer, master)
+
+
+def open_speech_parts(cfg: TrainConfig):
+    """(SSTConfig, projector, encode_audio) of an SST checkpoint folder, or (None, None, None) for a plain
+    LLM. The chunk geometry of the config must be the checkpoint's (what serving will use)."""
+    from hpo_engine.sst.config import CONFIG_NAME
+    folder = Path(cfg.model.path)
+    if not (folder / CONFIG_NAME).is_file():
+        return None, None, None
+    from hpo_engine.sst.checkpoint import ENCODER_FILE, PROJECTOR_FILE, _load_module
+    from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, WhisperEncoder
+
+    sst = SSTConfig.load(folder)
+    d = cfg.dialogue
+    if d.frames_per_chunk != sst.frames_per_chunk:
+        raise ConfigError(f"dialogue.frames_per_chunk: {d.frames_per_chunk}, but the SST checkpoint's is "
+                          f"{sst.frames_per_chunk}")
+    if abs(d.chunk_seconds * 1000 - sst.chunk_ms) > 1e-6:
+        raise ConfigError(f"dialogue.frame_seconds: chunks of {d.chunk_seconds * 1000:g} ms, but the SST "
+                          f"checkpoint's are {sst.chunk_ms} ms")
+    sst.instruction(d.target_lang)      # an unsupported language fails here, naming it
+    projector = _load_module(Projector(ProjectorConfig(**sst.projector)), folder / PROJECTOR_FILE)
+    projector = projector.to(cfg.model.device).float().train()
+    encoder_state = {}
+
+    def encode_audio(path, start_s: float, end_s: float) -> np.ndarray:
+        """Encoder frames of [start_s, end_s] of an audio file, streamed as serving streams it."""
+        from hpo_engine.speech.audio import SAMPLE_RATE, load_audio
+        from hpo_engine.speech.frontend import FRAME_MS
+        from hpo_engine.speech.streaming import StreamingEncoder
+        if "encoder" not in encoder_state:
+            encoder_state["encoder"] = _load_module(WhisperEncoder(EncoderConfig(**sst.encoder)), folder / ENCODER_FILE)
+        wave = load_audio(path)[int(start_s * SAMPLE_RATE):int(end_s * SAMPLE_RATE)]
+        stream = StreamingEncoder(encoder_state["encoder"], sst.chunk_ms // FRAME_MS, sst.left_context_ms // FRAME_MS)
+        with torch.inference_mode():
+            frames = torch.cat([stream.push(wave), stream.flush()])
+        return frames.float().numpy()
+
+    return sst, projector, encode_audio
 
 
 def optimizer_step(run: Run) -> float:
     """Clip the gradient norm, step AdamW (on the fp32 masters for a bf16 model); returns the norm."""
-    params = list(run.model.parameters())
+    params = run.trainable.parameters()
     if run.master is not None:
         run.master.grads_to_master()
         params = run.master.params
@@ -141,7 +208,8 @@ def hpo_step(run: Run, step: int) -> dict:
     # 1. rollout: B windows x G samples through the runtime, on the live weights
     run.engine.reset_prefix_cache()     # no prefix computed in another batch (validation): exact resume
     windows = run.loader.next_batch(cfg.rollout.windows_per_step)
-    samples = rollout(run.engine, windows, run.fmt, cfg.rollout, P, seed=step_seed(cfg, step))
+    samples = rollout(run.engine, windows, run.fmt, cfg.rollout, P, seed=step_seed(cfg, step),
+                      embed_speech=run.embed_speech, rows_per_embedding=run.rows_per_embedding)
     t1 = time.perf_counter()
 
     # 2. reward: per-segment quality and latency -> hierarchical reward, z-scored within each window's group
@@ -161,8 +229,8 @@ def hpo_step(run: Run, step: int) -> dict:
     # 4. logprobs the loss compares with: old = trainer at the rollout weights, ref = frozen initial
     #    model, gen = the sampler's own (their gap is the train / inference mismatch)
     mb_tokens = cfg.optim.max_tokens_per_microbatch
-    old = all_assistant_logprobs(run.model, samples, run.banned, T, mb_tokens)
-    ref = all_assistant_logprobs(run.ref_model, samples, run.banned, T, mb_tokens)
+    old = all_assistant_logprobs(run.model, samples, run.banned, T, mb_tokens, run.embed_speech)
+    ref = reference_logprobs(run, samples)
     gen = [s.gen_logprobs[s.assistant_mask].to(old[0].device) for s in samples]
     t_logprobs = time.perf_counter() - t2
 
@@ -172,7 +240,7 @@ def hpo_step(run: Run, step: int) -> dict:
     grad_norms, update_tokens = [], 0
     for start in range(0, len(samples), cfg.optim.global_batch):
         batch = order[start:start + cfg.optim.global_batch]
-        run.model.zero_grad(set_to_none=True)
+        run.trainable.zero_grad()
         m = accumulate_policy_gradient(run, samples, batch, old, ref, gen, advantages)
         for k in SUMMED:
             sums[k] = sums.get(k, 0.0) + m.get(k, 0.0)
@@ -194,6 +262,20 @@ def hpo_step(run: Run, step: int) -> dict:
             "update_tokens_per_s": update_tokens / max(t3 - t2, 1e-9)}
 
 
+def reference_logprobs(run: Run, samples) -> list[torch.Tensor]:
+    """Logprobs under the frozen initial policy: a reloaded LLM when LLM weights train, else the live
+    LLM itself (LoRA switched off), with the initial projector."""
+    cfg = run.cfg
+    embed = run.ref_projector if run.ref_projector is not None else None
+    args = (samples, run.banned, cfg.rollout.temperature, cfg.optim.max_tokens_per_microbatch, embed)
+    if run.ref_model is not None:
+        return all_assistant_logprobs(run.ref_model, *args)
+    if run.trainable.lora is not None:
+        with run.trainable.lora.disabled():
+            return all_assistant_logprobs(run.model, *args)
+    return all_assistant_logprobs(run.model, *args)
+
+
 def accumulate_policy_gradient(run: Run, samples, batch, old, ref, gen, advantages) -> dict:
     """Backward of `policy_loss` over one global batch in token-packed micro-batches. Every
     micro-batch divides by the global batch's token count, so the summed gradient (and the summed
@@ -203,7 +285,8 @@ def accumulate_policy_gradient(run: Run, samples, batch, old, ref, gen, advantag
     sums: dict[str, float] = {}
     for mb in micro_batches(samples, batch, cfg.optim.max_tokens_per_microbatch):
         cur, ent = assistant_logprobs(run.model, [samples[i] for i in mb], run.banned, cfg.rollout.temperature,
-                                      entropy=True, checkpointing=cfg.optim.gradient_checkpointing)
+                                      entropy=True, checkpointing=cfg.optim.gradient_checkpointing,
+                                      embed_speech=run.embed_speech)
         lp, mask = pad_rows(cur)
         W = lp.shape[1]
         loss, m = policy_loss(lp, pad_rows([old[i] for i in mb], W)[0], pad_rows([ref[i] for i in mb], W)[0],
@@ -226,14 +309,14 @@ def sft_step(run: Run, step: int) -> dict:
     windows = run.loader.next_batch(cfg.sft.batch_size)
     samples = [pack_dialogue(w, run.fmt, d.frames_per_chunk,
                              sft_answers(w, run.codec, d.chunk_seconds, cfg.sft.lag_chunks, d.target_lang,
-                                         run.fmt.stop_id), index=b)
+                                         run.fmt.stop_id), index=b, rows_per_embedding=run.rows_per_embedding)
                for b, w in enumerate(windows)]
     num_global_tokens = sum(int(s.assistant_mask.sum()) for s in samples)
-    run.model.zero_grad(set_to_none=True)
+    run.trainable.zero_grad()
     total = 0.0
     for mb in micro_batches(samples, range(len(samples)), cfg.optim.max_tokens_per_microbatch):
         lps, _ = assistant_logprobs(run.model, [samples[i] for i in mb],   # full softmax, temperature 1
-                                    checkpointing=cfg.optim.gradient_checkpointing)
+                                    checkpointing=cfg.optim.gradient_checkpointing, embed_speech=run.embed_speech)
         loss = -torch.cat(lps).sum() / num_global_tokens
         loss.backward()
         total += float(loss.detach())
@@ -253,7 +336,8 @@ def validate(run: Run) -> dict:
     d = run.cfg.dialogue
     run.engine.reset_prefix_cache()
     samples = rollout(run.engine, run.valid, run.fmt, run.cfg.rollout, d.frames_per_chunk, seed=None,
-                      group_size=1, greedy=True)
+                      group_size=1, greedy=True, embed_speech=run.embed_speech,
+                      rows_per_embedding=run.rows_per_embedding)
     hyps, refs, latency, sentences = [], [], [], []
     for s in samples:
         w = run.valid[s.window]
@@ -290,7 +374,8 @@ def _tensorboard(out_dir: Path):
 
 def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
     """Run `cfg.train.steps` steps (continuing from the latest checkpoint with `resume`); returns the
-    metrics of the steps run here, also appended to OUTPUT_DIR/metrics.jsonl."""
+    metrics of the steps run here, also appended to OUTPUT_DIR/metrics.jsonl. From an SST checkpoint,
+    the result is also written as one: OUTPUT_DIR/sst (serve it with `hpo-engine serve --model`)."""
     from tqdm.auto import tqdm
 
     run = setup(cfg)
@@ -301,7 +386,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
         found = ckpt.list_checkpoints(ckpt_root)
         if not found:
             raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
-        state = ckpt.load_checkpoint(found[-1], run.model, run.optimizer)
+        tensors, state = ckpt.load_checkpoint(found[-1], run.optimizer)
+        run.trainable.load_state(tensors, str(found[-1]))
         if run.master is not None:
             run.master.load(ckpt.load_extra(found[-1]))
         run.loader.load_state(state["data"])
@@ -330,10 +416,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
         history.append(record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("quality_mean", "kl", "sft_loss") if k in record})
         if step % t.checkpoint_every == 0 or step == t.steps:
-            ckpt.save_checkpoint(ckpt_root, step, run.model, run.optimizer,
+            ckpt.save_checkpoint(ckpt_root, step, run.trainable.state(), run.optimizer,
                                  {"data": run.loader.state(), "validation": validation}, Path(cfg.model.path),
                                  extra=run.master.state() if run.master is not None else None)
             ckpt.prune(ckpt_root, t.keep_best, t.validation_metric)
     if tensorboard is not None:
         tensorboard.close()
+    if run.sst is not None and history:
+        last = history[-1].get("validation") or {}
+        export_sst(run, run.out_dir / "sst", f"{cfg.mode.upper()} from {Path(cfg.model.path).name}, "
+                   f"{cfg.train.steps} steps (train_llm={cfg.model.train_llm}); last validation: "
+                   + ", ".join(f"{k} {v:.3g}" for k, v in last.items() if isinstance(v, float)))
     return history

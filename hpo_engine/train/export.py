@@ -1,0 +1,48 @@
+"""A training run's result as an SST checkpoint folder that `serve` and `translate` open.
+
+    OUT/  the base checkpoint's LLM files and encoder (hard links), the trained projector,
+          speech/llm_adapter.safetensors = the base's adapter combined with what this run trained,
+          sst_config.json marked trained, with a description of the run.
+Written into OUT.tmp, then renamed: a half-written folder is never taken for a model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from hpo_engine.sst.adapter import combine, read_adapter, write_adapter
+from hpo_engine.sst.checkpoint import ENCODER_FILE, PROJECTOR_FILE, link_or_copy
+from hpo_engine.sst.config import CONFIG_NAME
+
+
+def export_sst(run, out, description: str) -> Path:
+    base, out = Path(run.cfg.model.path), Path(out)
+    if run.sst is None:
+        raise ValueError(f"{base} is not an SST checkpoint: nothing to export a speech model from")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "speech").mkdir(parents=True)
+    for f in base.iterdir():
+        if f.is_file() and f.name not in (CONFIG_NAME, "hpo_build.json"):
+            link_or_copy(f, tmp / f.name)
+    link_or_copy(base / ENCODER_FILE, tmp / ENCODER_FILE)
+    t = run.trainable
+    if t.projector is not None and any(p.requires_grad for p in t.projector.parameters()):
+        save_file({k: v.detach().float().contiguous() for k, v in t.projector.state_dict().items()},
+                  str(tmp / PROJECTOR_FILE))
+    else:
+        link_or_copy(base / PROJECTOR_FILE, tmp / PROJECTOR_FILE)
+    new = {f"llm.{n}": p.detach() for n, p in t.named_llm().items()}
+    if t.lora is not None:
+        new.update({f"lora.{k}": v for k, v in t.lora.scaled_tensors().items()})
+    adapter = combine(read_adapter(base), new)
+    if adapter:
+        write_adapter(tmp, adapter)
+    config = dataclasses.replace(run.sst, trained=True, description=description)
+    config.save(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
