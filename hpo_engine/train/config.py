@@ -77,7 +77,8 @@ class RolloutSection:
 class RewardSection:
     quality: str = "chrf"                # chrf | bleu (sentence level, 0..100) | metricx (negated) | comet
     quality_model_path: str | None = None   # local MetricX-24 folder / COMET .ckpt (never downloaded)
-    segmenter: str = "mwer"
+    segmenter: str = "mwer"              # mwer (edit distance to the references) | embedding (vecalign-style)
+    embedder_path: str | None = None     # embedding segmenter: a sentence-embedding model folder (default MiniLM)
     alpha: float = 1.0
     beta: float = 0.5
     quality_threshold: float = 30.0      # the gate q*, in the quality metric's units
@@ -233,7 +234,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if w.quality in ("metricx", "comet") and cfg.mode == "hpo":
         _require(bool(w.quality_model_path), "reward.quality_model_path",
                  f"is required for reward.quality = {w.quality} (a local checkpoint)")
-    _require(w.segmenter == "mwer", "reward.segmenter", f"only 'mwer' is implemented, got {w.segmenter!r}")
+    _require(w.segmenter in ("mwer", "embedding"), "reward.segmenter",
+             f"must be mwer or embedding, got {w.segmenter!r}")
     _require(w.granularity in ("sentence", "document", "none", "seqpo"), "reward.granularity",
              f"must be sentence, document, none or seqpo, got {w.granularity!r}")
     _require(w.max_latency > 0, "reward.max_latency", f"must be > 0, got {w.max_latency}")
@@ -273,7 +275,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     cfg = from_dict(data)
     base = path.parent
     for section, key in (("model", "path"), ("data", "train"), ("data", "valid"), (None, "output_dir"),
-                         ("reward", "quality_model_path")):
+                         ("reward", "quality_model_path"), ("reward", "embedder_path")):
         obj = getattr(cfg, section) if section else cfg
         value = getattr(obj, key)
         if value and not Path(value).is_absolute():

@@ -1,12 +1,14 @@
 """Per-segment quality and latency of a trajectory, from the metrics package's reward pieces.
 
 hypothesis = the assistant turns joined (no separator for zh/ja); every unit written in answer k
-(k = 1..) has delay k x chunk seconds; mWER resegments it into one piece per reference sentence;
+(k = 1..) has delay k x chunk seconds; mWER (or the embedding aligner) resegments it into one piece
+per reference sentence;
 latency of a piece = `segment_latency` over its units' delays; quality = sentence chrF or BLEU of the
 piece against its reference (the metric's worst value for an empty piece).
 """
 from __future__ import annotations
 
+from hpo_engine.metrics.embed_align import embedding_aligned_groups
 from hpo_engine.metrics.quality import default_bleu_tokenizer, sentence_bleu, sentence_chrf
 from hpo_engine.metrics.reward import (AlignedGroup, is_char_language, mwer_aligned_groups, segment_quality,
                                        units_with_delays)
@@ -14,12 +16,15 @@ from hpo_engine.metrics.streamlaal import SentenceInstance, stream_laal
 
 
 def aligned_groups(turn_texts: list[str], references: list[str], spans, lang: str, chunk_seconds: float,
-                   max_latency: float = 10.0) -> list[AlignedGroup]:
-    """One group per reference sentence: its mWER piece of the hypothesis, the piece's unit delays
-    (s from the window start) and its HPO latency."""
+                   max_latency: float = 10.0, embedder=None) -> list[AlignedGroup]:
+    """One group per reference sentence: its piece of the hypothesis, the piece's unit delays (s from
+    the window start) and its HPO latency. Pieces by mWER, or with an `embedder` by the vecalign-style
+    embedding aligner (hpo_engine.metrics.embed_align)."""
     timed = units_with_delays(turn_texts, lang, chunk_seconds)
     if not timed.units:     # nothing written: every sentence unaligned
         return [AlignedGroup(r, "", [], max_latency) for r in references]
+    if embedder is not None:
+        return embedding_aligned_groups(timed, references, spans, lang, max_latency, embedder=embedder)
     return mwer_aligned_groups(timed, references, spans, lang, max_latency)
 
 

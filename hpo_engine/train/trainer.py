@@ -87,6 +87,7 @@ class Run:
     out_dir: Path
     scorer: QualityScorer
     master: MasterWeights | None = None    # fp32 masters when the model is not float32
+    embedder: object | None = None         # sentence embedder of the embedding segmenter (reward.segmenter)
 
     @property
     def rows_per_embedding(self) -> int:
@@ -142,9 +143,13 @@ def setup(cfg: TrainConfig) -> Run:
              for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
     scorer = QualityScorer(cfg.reward.quality, d.target_lang, cfg.reward.quality_model_path, m.device) \
         if cfg.mode == "hpo" else QualityScorer("chrf")
+    embedder = None
+    if cfg.reward.segmenter == "embedding":
+        from hpo_engine.metrics.embed_align import MiniLMEmbedder
+        embedder = MiniLMEmbedder(cfg.reward.embedder_path, device=m.device)
     return Run(cfg, model, trainable, ref_model, frozen_copy(projector), sst, engine, optimizer, fmt,
                TextCodec(tokenizer, fmt.stop_id), banned_vocab_mask(fmt, model.config.vocab_size), loader, valid,
-               Path(cfg.output_dir), scorer, master)
+               Path(cfg.output_dir), scorer, master, embedder)
 
 
 def open_speech_parts(cfg: TrainConfig):
@@ -214,7 +219,7 @@ def hpo_step(run: Run, step: int) -> dict:
 
     # 2. reward: per-segment quality and latency -> hierarchical reward, z-scored within each window's group
     groups = [aligned_groups(turn_texts(s, run.codec), windows[s.window].references, windows[s.window].segments,
-                             d.target_lang, d.chunk_seconds, cfg.reward.max_latency) for s in samples]
+                             d.target_lang, d.chunk_seconds, cfg.reward.max_latency, run.embedder) for s in samples]
     quality = batch_scores(run.scorer, groups, [windows[s.window].sources for s in samples])
     latency = [[g.latency for g in gs] for gs in groups]
     rw = cfg.reward
@@ -345,7 +350,7 @@ def validate(run: Run) -> dict:
         hyps.append(hypothesis_text(texts, d.target_lang))
         refs.append(hypothesis_text(w.references, d.target_lang))
         groups = aligned_groups(texts, w.references, w.segments, d.target_lang, d.chunk_seconds,
-                                run.cfg.reward.max_latency)
+                                run.cfg.reward.max_latency, run.embedder)
         latency += [g.latency for g in groups]
         sentences += sentence_instances(groups, w.segments)
     return {"BLEU": corpus_bleu(hyps, refs, default_bleu_tokenizer(d.target_lang)), "chrF": corpus_chrf(hyps, refs),
