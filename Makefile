@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := espeak-ng chromium   # speech for the server tests; the page test's headless browser
+APT_PACKAGES := espeak-ng chromium trans-de-en flite   # speech (server tests, demo data); the page test's headless browser; the demo data's EN-DE pairs and flite voices
 
 .PHONY: install run generate test bench model apt clean
 
