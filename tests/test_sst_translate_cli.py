@@ -45,3 +45,20 @@ def test_translate_rejects_mismatched_references(tmp_path):
     refs.write_text("eins\nzwei\n")
     result = CliRunner().invoke(translate, [str(wav), "-o", str(tmp_path / "o.log"), "--references", str(refs)])
     assert result.exit_code == 2 and "2 lines for 1 audio file" in result.output
+
+
+def test_chunk_multiplier_writes_at_multiples_of_the_longer_chunk(tmp_path):
+    wav = tmp_path / "a.wav"
+    wave = espeak_wave("The weather is nice today and tomorrow it will rain again. "
+                       "We stay at home and read a good book by the fire, and later we cook a warm soup.")  # ~8 s
+    sf.write(wav, wave, 16000)
+    out = tmp_path / "o.log"
+    result = CliRunner().invoke(translate, [str(wav), "-o", str(out), "--max-new-tokens", "2", "-m", "3"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(out.read_text())
+    chunk = 3 * 1120
+    assert row["source_length"] > 2 * chunk and row["delays"]
+    # every unit is emitted when a 3.36 s chunk completes (or at the end of the audio)
+    assert all(d % chunk == 0 or d == pytest.approx(row["source_length"], abs=1) for d in row["delays"])
+    result = CliRunner().invoke(translate, [str(wav), "-o", str(out), "-m", "0"])
+    assert result.exit_code == 2 and "chunk-multiplier" in result.output

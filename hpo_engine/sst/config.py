@@ -50,6 +50,14 @@ class SSTConfig:
                                  f"(supported: {', '.join(sorted(self.instructions))})")
         return self.instructions[target_lang]
 
+    def with_chunk_multiplier(self, m: int) -> "SSTConfig":
+        """HPO's chunk multiplier: m times the speech per turn (and m times the tokens a turn may write)."""
+        if m < 1:
+            raise SSTConfigError(f"chunk multiplier must be >= 1, got {m}")
+        from dataclasses import replace
+        return replace(self, chunk_ms=self.chunk_ms * m, frames_per_chunk=self.frames_per_chunk * m,
+                       max_new_tokens=self.max_new_tokens * m)
+
     def validate(self) -> "SSTConfig":
         if self.chunk_ms <= 0 or self.frames_per_chunk <= 0:
             raise SSTConfigError(f"chunk_ms ({self.chunk_ms}) and frames_per_chunk ({self.frames_per_chunk}) "
