@@ -66,13 +66,13 @@ def workdir(tmp_path_factory):
     return root
 
 
-def make_cfg(root, out, mode="sft", **model):
-    """A config training the SST checkpoint `root` on the manifest beside it."""
+def make_cfg(root, out, mode="sft", manifest=None, **model):
+    """A config training the SST checkpoint `root` on `manifest` (default: the one beside it)."""
     return from_dict({
         "mode": mode, "seed": 3, "output_dir": str(out),
         "model": {"path": str(root), "train_llm": "lora", "lora_rank": 4, **model},
         "dialogue": {"frames_per_chunk": P, "frame_seconds": 0.08, "chunks_per_window": 4},
-        "data": {"train": str(root.parent / "train.jsonl"), "valid": None},
+        "data": {"train": str(manifest or root.parent / "train.jsonl"), "valid": None},
         "rollout": {"windows_per_step": 2, "group_size": 2, "top_p": 1.0, "top_k": 0, "max_new_tokens_per_turn": 3},
         "optim": {"lr": 0.01, "global_batch": 4, "max_tokens_per_microbatch": 400},
         "sft": {"lag_chunks": 0, "batch_size": 2},
@@ -180,8 +180,8 @@ def test_hpo_from_an_sft_export_starts_at_its_weights_and_logprobs_match(workdir
     cfg = make_cfg(workdir / "sst", tmp_path / "sft")      # one SFT step: an adapter and a new projector
     cfg.train.steps = 1
     train(cfg)
-    cfg = make_cfg(tmp_path / "sft" / "sst", tmp_path / "hpo", mode="hpo", train_llm="last:1")
-    cfg.data.train = str(workdir / "train.jsonl")
+    cfg = make_cfg(tmp_path / "sft" / "sst", tmp_path / "hpo", mode="hpo", manifest=workdir / "train.jsonl",
+                   train_llm="last:1")
     run = setup(cfg)
     served = open_sst(tmp_path / "sft" / "sst")
     for (n, p), (_, q) in zip(run.model.named_parameters(), served.engine.model.named_parameters()):
@@ -241,3 +241,24 @@ def test_embedding_segmenter_drives_the_reward(workdir, tmp_path):
     with pytest.raises(ConfigError, match="reward.segmenter: must be mwer or embedding"):
         from hpo_engine.train.config import validate
         validate(cfg)
+
+
+def test_hpo_continues_the_sft_lora_instead_of_stacking_one(workdir, tmp_path):
+    cfg = make_cfg(workdir / "sst", tmp_path / "sft")
+    cfg.train.steps = 1
+    train(cfg)
+    sft_adapter = read_adapter(tmp_path / "sft" / "sst")
+    cfg = make_cfg(tmp_path / "sft" / "sst", tmp_path / "hpo", mode="hpo", manifest=workdir / "train.jsonl")
+    run = setup(cfg)
+    assert run.continued_lora and run.ref_model is not None
+    for k, v in run.trainable.lora.scaled_tensors().items():                   # loaded, not merged
+        torch.testing.assert_close(v, sft_adapter[f"lora.{k}"])
+    samples = rollout(run.engine, run.loader.next_batch(2), run.fmt, cfg.rollout, P, seed=1,
+                      embed_speech=run.embed_speech, rows_per_embedding=run.rows_per_embedding)
+    policy = all_assistant_logprobs(run.model, samples, run.banned, 1.0, 400, run.embed_speech)
+    for lp, ref in zip(policy, reference_logprobs(run, samples)):
+        torch.testing.assert_close(ref, lp, atol=1e-5, rtol=0)                   # the reference is the SFT model
+    train(cfg)
+    hpo_adapter = read_adapter(tmp_path / "hpo" / "sst")
+    assert {k: v.shape for k, v in hpo_adapter.items()} == {k: v.shape for k, v in sft_adapter.items()}
+    assert any(not torch.equal(hpo_adapter[k], sft_adapter[k]) for k in sft_adapter)

@@ -85,6 +85,11 @@ class LoRA(nn.Module):
         out.update({f"B.{k}": (self.scale * b.detach()) for k, b in self.B.items()})
         return out
 
+    @torch.no_grad()
+    def load_scaled_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from `scaled_tensors()` of an adapter of the same rank and layers."""
+        self.load_tensors({k: v / self.scale if k.startswith("B.") else v for k, v in tensors.items()})
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """{"A.<module>", "B.<module>"} -> tensor, module names with "__" for dots."""
         return {f"{n}.{k}": p.detach() for n, d in (("A", self.A), ("B", self.B)) for k, p in d.items()}

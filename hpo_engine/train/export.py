@@ -38,7 +38,10 @@ def export_sst(run, out, description: str) -> Path:
     new = {f"llm.{n}": p.detach() for n, p in t.named_llm().items()}
     if t.lora is not None:
         new.update({f"lora.{k}": v for k, v in t.lora.scaled_tensors().items()})
-    adapter = combine(read_adapter(base), new)
+    base_adapter = read_adapter(base) or {}
+    if run.continued_lora:      # the trained LoRA started as the base's: it replaces it
+        base_adapter = {k: v for k, v in base_adapter.items() if not k.startswith("lora.")}
+    adapter = combine(base_adapter, new)
     if adapter:
         write_adapter(tmp, adapter)
     config = dataclasses.replace(run.sst, trained=True, description=description)

@@ -88,6 +88,7 @@ class Run:
     scorer: QualityScorer
     master: MasterWeights | None = None    # fp32 masters when the model is not float32
     embedder: object | None = None         # sentence embedder of the embedding segmenter (reward.segmenter)
+    continued_lora: bool = False           # the LoRA continues the base checkpoint's (it replaces it on export)
 
     @property
     def rows_per_embedding(self) -> int:
@@ -115,19 +116,24 @@ def setup(cfg: TrainConfig) -> Run:
     model = load_model(m.path, device=m.device, dtype=dtype)
     tokenizer = load_tokenizer(m.path)
     sst, projector, encode_audio = open_speech_parts(cfg)
+    # an SST checkpoint trained before (SFT before HPO): start from its weights. Its LoRA update is
+    # trained on (not stacked under a new one) when this run trains a LoRA of the same shape.
     base_adapter = read_adapter(m.path) if sst is not None else None
-    if base_adapter:       # an SST checkpoint trained before (SFT before HPO): start from its weights
-        apply_adapter(model, base_adapter)
+    continued = continued_lora(base_adapter, model, m)
+    if base_adapter:
+        apply_adapter(model, {k: v for k, v in base_adapter.items() if k not in continued})
     if sst is not None:
         fmt = DialogueFormat.from_sst(sst, tokenizer, d.target_lang)
     else:
         fmt = DialogueFormat.from_config(d, tokenizer, model.config.vocab_size)
     trainable = select(model, m.train_llm, projector, m.train_projector, m.lora_rank, m.lora_alpha,
                        m.lora_targets, cfg.seed)
+    if continued:
+        trainable.lora.load_scaled_tensors({k[5:]: v for k, v in continued.items()})
     engine = Engine(model, tokenizer, placeholder_token_id=fmt.placeholder_id, num_blocks=m.num_blocks,
                     block_size=m.block_size)
     ref_model = None
-    if cfg.mode == "hpo" and any(p.requires_grad for p in model.parameters()):
+    if cfg.mode == "hpo" and (continued or any(p.requires_grad for p in model.parameters())):
         # reloaded from the base folder, so a resumed run has the same reference
         ref_model = load_model(m.path, device=m.device, dtype=dtype).requires_grad_(False)
         if base_adapter:
@@ -149,7 +155,20 @@ def setup(cfg: TrainConfig) -> Run:
         embedder = MiniLMEmbedder(cfg.reward.embedder_path, device=m.device)
     return Run(cfg, model, trainable, ref_model, frozen_copy(projector), sst, engine, optimizer, fmt,
                TextCodec(tokenizer, fmt.stop_id), banned_vocab_mask(fmt, model.config.vocab_size), loader, valid,
-               Path(cfg.output_dir), scorer, master, embedder)
+               Path(cfg.output_dir), scorer, master, embedder, bool(continued))
+
+
+def continued_lora(base_adapter, model, m) -> dict:
+    """The base adapter's lora.* tensors when this run trains a LoRA of the same rank on the same
+    layers (then it continues training them), else {} (a new LoRA goes on top of the merged base)."""
+    if not base_adapter or m.train_llm != "lora":
+        return {}
+    lora = {k: v for k, v in base_adapter.items() if k.startswith("lora.")}
+    wanted = {f"lora.{ab}.{n.replace('.', '__')}" for n, mod in model.named_modules()
+              if isinstance(mod, torch.nn.Linear) and n.rsplit(".", 1)[-1] in m.lora_targets for ab in "AB"}
+    same = set(lora) == wanted and all(v.shape[0 if k.startswith("lora.A.") else 1] == m.lora_rank
+                                       for k, v in lora.items())
+    return lora if same else {}
 
 
 def open_speech_parts(cfg: TrainConfig):
@@ -268,8 +287,8 @@ def hpo_step(run: Run, step: int) -> dict:
 
 
 def reference_logprobs(run: Run, samples) -> list[torch.Tensor]:
-    """Logprobs under the frozen initial policy: a reloaded LLM when LLM weights train, else the live
-    LLM itself (LoRA switched off), with the initial projector."""
+    """Logprobs under the frozen initial policy, with the initial projector: a reloaded LLM when LLM
+    weights train or a LoRA continues the base's, else the live LLM itself (a new LoRA switched off)."""
     cfg = run.cfg
     embed = run.ref_projector if run.ref_projector is not None else None
     args = (samples, run.banned, cfg.rollout.temperature, cfg.optim.max_tokens_per_microbatch, embed)
