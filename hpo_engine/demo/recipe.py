@@ -1,0 +1,119 @@
+"""The demo model's recipe after the data: SFT, then HPO, then the paper-style evaluation.
+
+    OUT/sft/      `hpo-engine train` with configs/demo_sft.yaml from the untrained default checkpoint;
+                  OUT/sft/sst is the SFT model (an SST checkpoint: base files linked + small trained part)
+    OUT/hpo/      configs/demo_hpo.yaml from OUT/sft/sst; OUT/hpo/sst is the HPO model
+    OUT/eval/     per model and chunk multiplier m: instances (SimulEval JSONL) and scores (JSON);
+                  table.md: BLEU, chrF, StreamLAAL, StreamLAAL_CA per model and m
+
+Every stage resumes: training from its last checkpoint, evaluation skips finished score files.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+STAGES = ("sft", "hpo")
+
+
+def stage_config(out: Path, stage: str, steps: int | None = None, config: Path | None = None):
+    """The stage's training config with this build's paths filled in."""
+    from hpo_engine.sst.default_model import default_sst_path
+    from hpo_engine.train.config import load_config
+
+    start = default_sst_path(trained=False) if stage == "sft" else out / "sft" / "sst"
+    if not (start / "sst_config.json").is_file():
+        raise FileNotFoundError(f"{start} is missing: run the sft stage first")
+    overrides = {"model": {"path": str(start)}, "output_dir": str(out / stage),
+                 "data": {"train": str(out / "train.jsonl"), "valid": str(out / "valid.jsonl")}}
+    if steps is not None:
+        overrides["train"] = {"steps": steps}
+    return load_config(config or REPO_CONFIGS / f"demo_{stage}.yaml", overrides)
+
+
+def train_stage(out, stage: str, steps: int | None = None, config: Path | None = None) -> Path:
+    """Train (or resume) one stage; returns its exported SST checkpoint folder."""
+    from hpo_engine.train import checkpoint as ckpt
+    from hpo_engine.train.trainer import train
+
+    out = Path(out)
+    cfg = stage_config(out, stage, steps, config)
+    done = ckpt.list_checkpoints(Path(cfg.output_dir) / "checkpoints")
+    last = json.loads((done[-1] / "state.json").read_text())["step"] if done else 0
+    if last < cfg.train.steps:
+        train(cfg, resume=bool(done))
+    return Path(cfg.output_dir) / "sst"
+
+
+def evaluate(out, stages=STAGES, multipliers=(1, 2, 3, 4), threads: int | None = None) -> Path:
+    """Translate the test talks with each stage's model at each chunk multiplier, score them
+    (long-form: mWER resegmentation, BLEU, chrF, StreamLAAL, StreamLAAL_CA) and write table.md."""
+    from tqdm.auto import tqdm
+
+    from hpo_engine.metrics.scoring import score_longform
+    from hpo_engine.speech.audio import load_audio
+    from hpo_engine.sst.checkpoint import open_sst
+    from hpo_engine.sst.simulate import simulate
+
+    out = Path(out)
+    test, eval_dir = out / "test", out / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    wavs = [test / line.strip() for line in (test / "audio.txt").read_text().splitlines() if line.strip()]
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    for stage in stages:
+        model = open_sst(out / stage / "sst")
+        base_config = model.config
+        for m in multipliers:
+            scores = eval_dir / f"{stage}_m{m}.json"
+            if scores.is_file():
+                continue
+            model.config = base_config.with_chunk_multiplier(m)
+            log = eval_dir / f"{stage}_m{m}.log"
+            with open(log, "w", encoding="utf-8") as f:
+                for i, wav in enumerate(tqdm(wavs, desc=f"{stage} m={m}", unit="talk")):
+                    inst = simulate(model, load_audio(wav), "de")
+                    f.write(json.dumps(inst.to_log(i, source=str(wav)), ensure_ascii=False) + "\n")
+            result = score_longform(str(log), str(test / "references.de"), str(test / "segmentation.yaml"), "de")
+            scores.write_text(json.dumps(result, indent=1))
+        model.config = base_config
+    table = eval_dir / "table.md"
+    table.write_text(render_table(eval_dir, stages, multipliers))
+    return table
+
+
+def render_table(eval_dir: Path, stages, multipliers) -> str:
+    cols = ("BLEU", "chrF", "StreamLAAL", "StreamLAAL_CA")
+    lines = ["| model | m (chunk) | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for stage in stages:
+        for m in multipliers:
+            f = eval_dir / f"{stage}_m{m}.json"
+            if not f.is_file():
+                continue
+            r = json.loads(f.read_text())
+            cells = [f"{r[c]:.1f}" if c in ("BLEU", "chrF") else f"{r[c]:.0f}" for c in cols]
+            lines.append(f"| {stage.upper()} | {m} ({1.12 * m:.2f} s) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def install_default(checkpoint, package_dir: Path | None = None) -> Path:
+    """Copy the trained part of an exported checkpoint (sst_config.json, projector, LLM adapter; bf16
+    tensors, a few MB) into the package as the embedded default."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from hpo_engine.sst.adapter import ADAPTER_FILE
+    from hpo_engine.sst.checkpoint import PROJECTOR_FILE
+    from hpo_engine.sst.default_model import TRAINED_DIR
+
+    checkpoint, target = Path(checkpoint), Path(package_dir or TRAINED_DIR)
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    shutil.copy2(checkpoint / "sst_config.json", target / "sst_config.json")
+    for name in (PROJECTOR_FILE, ADAPTER_FILE):
+        tensors = load_file(str(checkpoint / name))
+        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(target / Path(name).name))
+    return target
