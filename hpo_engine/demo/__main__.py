@@ -1,4 +1,12 @@
-"""`python -m hpo_engine.demo data OUT_DIR`: build the demo SST data (see hpo_engine/demo/data.py)."""
+"""`python -m hpo_engine.demo data|sft|hpo|eval|install OUT_DIR`: the demo SST model, end to end.
+
+    python -m hpo_engine.demo data OUT      synthesised EN-DE talks -> encoder frames, manifests (data.py)
+    python -m hpo_engine.demo sft OUT       SFT from the untrained default -> OUT/sft/sst      (recipe.py)
+    python -m hpo_engine.demo hpo OUT       HPO from OUT/sft/sst -> OUT/hpo/sst
+    python -m hpo_engine.demo eval OUT      test talks at chunk multipliers 1..4 -> OUT/eval/table.md
+    python -m hpo_engine.demo install OUT/hpo/sst   its trained part becomes the embedded default
+Every step resumes where it stopped.
+"""
 from __future__ import annotations
 
 import click
@@ -40,6 +48,55 @@ def data(out_dir, train, valid, test, seed, dictionary, threads):
         raise click.ClickException(str(e)) from None
     click.echo(f"{totals['talks']} talks, {totals['sentences']} sentences, {totals['hours']:.2f} h of audio "
                f"in {totals['seconds']:.0f} s wall -> {out_dir}")
+
+
+def _stage(stage: str):
+    @main.command(name=stage, help=f"Train the {stage.upper()} stage (configs/demo_{stage}.yaml); resumes.")
+    @click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+    @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override train.steps.")
+    @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
+                  help=f"Another config (default configs/demo_{stage}.yaml).")
+    @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
+    def command(out_dir, steps, config, threads):
+        from pathlib import Path
+
+        from hpo_engine.train.config import ConfigError
+        from hpo_engine.train.data import ManifestError
+
+        from .recipe import train_stage
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        try:
+            folder = train_stage(Path(out_dir), stage, steps, Path(config) if config else None)
+        except (ConfigError, ManifestError, FileNotFoundError) as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"{stage.upper()} model: {folder}")
+    return command
+
+
+sft = _stage("sft")
+hpo = _stage("hpo")
+
+
+@main.command(name="eval")
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--stages", default="sft,hpo", show_default=True, help="Models to evaluate (OUT/<stage>/sst).")
+@click.option("--multipliers", default="1,2,3,4", show_default=True, help="Chunk multipliers m (m x 1.12 s).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
+def evaluate_command(out_dir, stages, multipliers, threads):
+    """Translate OUT/test with each model at each m; score; write OUT/eval/table.md."""
+    from .recipe import evaluate
+    table = evaluate(out_dir, tuple(stages.split(",")), tuple(int(m) for m in multipliers.split(",")), threads)
+    click.echo(table.read_text())
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(file_okay=False, exists=True))
+def install(checkpoint):
+    """Make CHECKPOINT's trained part (config, projector, LLM adapter) the embedded default."""
+    from .recipe import install_default
+    click.echo(f"installed into {install_default(checkpoint)}")
 
 
 if __name__ == "__main__":

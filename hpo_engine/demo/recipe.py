@@ -16,6 +16,16 @@ from pathlib import Path
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("sft", "hpo")
+VALID_TALKS = 16      # validation decodes every talk greedily: a subset keeps it to a minute on CPU
+
+
+def valid_subset(out: Path, n: int = VALID_TALKS) -> Path:
+    """OUT/valid_<n>.jsonl: the first n validation talks."""
+    path = out / f"valid_{n}.jsonl"
+    if not path.is_file():
+        lines = (out / "valid.jsonl").read_text().splitlines()[:n]
+        path.write_text("".join(line + "\n" for line in lines))
+    return path
 
 
 def stage_config(out: Path, stage: str, steps: int | None = None, config: Path | None = None):
@@ -27,7 +37,7 @@ def stage_config(out: Path, stage: str, steps: int | None = None, config: Path |
     if not (start / "sst_config.json").is_file():
         raise FileNotFoundError(f"{start} is missing: run the sft stage first")
     overrides = {"model": {"path": str(start)}, "output_dir": str(out / stage),
-                 "data": {"train": str(out / "train.jsonl"), "valid": str(out / "valid.jsonl")}}
+                 "data": {"train": str(out / "train.jsonl"), "valid": str(valid_subset(out))}}
     if steps is not None:
         overrides["train"] = {"steps": steps}
     return load_config(config or REPO_CONFIGS / f"demo_{stage}.yaml", overrides)
