@@ -52,8 +52,8 @@ def train_stage(out, stage: str, steps: int | None = None, config: Path | None =
     cfg = stage_config(out, stage, steps, config)
     done = ckpt.list_checkpoints(Path(cfg.output_dir) / "checkpoints")
     last = json.loads((done[-1] / "state.json").read_text())["step"] if done else 0
-    if last < cfg.train.steps:
-        train(cfg, resume=bool(done))
+    if last < cfg.train.steps or not (Path(cfg.output_dir) / "sst").is_dir():
+        train(cfg, resume=bool(done))       # nothing left to run: resumes only to export the checkpoint
     return Path(cfg.output_dir) / "sst"
 
 

@@ -446,8 +446,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
             ckpt.prune(ckpt_root, t.keep_best, t.validation_metric)
     if tensorboard is not None:
         tensorboard.close()
-    if run.sst is not None and history:
-        last = history[-1].get("validation") or {}
+    if run.sst is not None:     # also after a resume with nothing left to run: the checkpoint's weights
+        last = (history[-1].get("validation") if history else None) or {}
         export_sst(run, run.out_dir / "sst", f"{cfg.mode.upper()} from {Path(cfg.model.path).name}, "
                    f"{cfg.train.steps} steps (train_llm={cfg.model.train_llm}); last validation: "
                    + ", ".join(f"{k} {v:.3g}" for k, v in last.items() if isinstance(v, float)))
