@@ -33,8 +33,10 @@ class Sequence:
         return len(self.pending_ids)
 
     def hash_chain_intact(self, block_size: int) -> bool:
-        """Every full cached block has its prefix hash (false after an eviction rewrote the cache)."""
-        return len(self.block_hashes) == self.num_cached // block_size
+        """Every full cached block has its prefix hash and the partial block's keys are known
+        (false after an eviction rewrote the cache)."""
+        return (len(self.block_hashes) == self.num_cached // block_size
+                and len(self.partial_keys) == self.num_cached % block_size)
 
     def push(self, token_ids: list[int], keys: list[bytes], is_speech: list[bool]) -> None:
         self.pending_ids += token_ids
