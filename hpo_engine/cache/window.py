@@ -66,5 +66,6 @@ def evict_old_turns(seq: Sequence, incoming: int, max_cache_tokens: int, pool: B
     seq.turn_starts = [t - shift for t in seq.turn_starts if t >= cut]
     del seq.block_hashes[sink // bs:]
     seq.partial_keys = []
+    seq.drop_history()                    # kept K/V saw the dropped turns: no recompute can give them
     seq.num_evicted += shift
     return shift
