@@ -206,3 +206,31 @@ def test_streams_join_and_leave_at_any_step(tiny):
         engine.submit(a, greedy)
     a.close()
     assert not engine.running
+
+
+def test_eviction_leaves_no_false_prefix_hash(tiny):
+    """After an eviction that keeps less than a block, the partial block's keys are gone: the block
+    must not be registered under a hash of the tokens that follow (another stream would adopt K/V
+    that are not its own)."""
+    folder, _ = tiny
+    one = SamplingParams(max_new_tokens=1, stop_token_ids=[])
+    engine = Engine.from_pretrained(folder, block_size=16, num_blocks=64, max_cache_tokens=30)
+    a = engine.open_stream()
+    a.append(list(range(10, 30)))
+    a.generate(one)
+    a.append(list(range(40, 45)))
+    g2 = a.generate(one).token_ids
+    turn3 = list(range(50, 70))
+    a.append(turn3)
+    a.generate(one)
+    assert a.seq.num_evicted == 21 and a.num_cached_tokens < 16 + 21
+    prompt = g2 + turn3[:15] + [3, 4, 5, 6, 7]        # the tokens after the kept ones, as a new dialogue
+    params = SamplingParams(max_new_tokens=4, stop_token_ids=[])
+    b = engine.open_stream()
+    b.append(prompt)
+    out = b.generate(params)
+    fresh = Engine.from_pretrained(folder, block_size=16, num_blocks=64).open_stream()
+    fresh.append(prompt)
+    ref = fresh.generate(params)
+    assert engine.pool.prefix_hits == 0
+    assert out.token_ids == ref.token_ids and out.logprobs == pytest.approx(ref.logprobs, abs=1e-5)

@@ -28,9 +28,10 @@ def slots_of(seq: Sequence, start: int, stop: int, block_size: int) -> torch.Ten
 
 @torch.inference_mode()
 def evict_old_turns(seq: Sequence, incoming: int, max_cache_tokens: int, pool: BlockPool, kv: KVCache,
-                    inv_freq: torch.Tensor) -> int:
+                    inv_freq: torch.Tensor) -> int | None:
     """Drop the oldest whole cached turns after the sink so that the cache plus `incoming` tokens fits
-    `max_cache_tokens` (or as close as whole turns allow). Returns the number of tokens dropped."""
+    `max_cache_tokens` (or as close as whole turns allow). Returns the number of tokens dropped, or
+    None (nothing changed) when a shared block to rewrite finds no free block to copy into."""
     if seq.num_cached + incoming <= max_cache_tokens:
         return 0
     cuts = [t for t in seq.turn_starts if seq.num_sink < t <= seq.num_cached]
@@ -44,16 +45,16 @@ def evict_old_turns(seq: Sequence, incoming: int, max_cache_tokens: int, pool: B
              for k, v in kv.layers]
     # The blocks we write into must be ours alone; the first may hold sink tokens to keep.
     first, last = sink // bs, -(-(sink + kept) // bs)
+    shared = [i for i in range(first, last) if not pool.is_writable(seq.block_table[i])]
+    fresh = pool.allocate_many(len(shared))
+    if fresh is None:
+        return None                           # no block to copy into: keep the stream as it is
+    for i, block in zip(shared, fresh):
+        if i == first and sink % bs:
+            kv.copy_block(seq.block_table[i], block)
+        pool.free(seq.block_table[i])
+        seq.block_table[i] = block
     for i in range(first, last):
-        block = seq.block_table[i]
-        if not pool.is_writable(block):
-            fresh = pool.allocate()
-            if fresh is None:
-                return 0                      # no block to copy into: keep the stream as it is
-            if i == first and sink % bs:
-                kv.copy_block(block, fresh)
-            pool.free(block)
-            seq.block_table[i] = fresh
         pool.forget(seq.block_table[i])       # its content changes: no longer a cached prefix
     pool.free_all(seq.block_table[last:])
     del seq.block_table[last:]
@@ -65,5 +66,6 @@ def evict_old_turns(seq: Sequence, incoming: int, max_cache_tokens: int, pool: B
     seq.turn_starts = [t - shift for t in seq.turn_starts if t >= cut]
     del seq.block_hashes[sink // bs:]
     seq.partial_keys = []
+    seq.drop_history()                    # kept K/V saw the dropped turns: no recompute can give them
     seq.num_evicted += shift
     return shift

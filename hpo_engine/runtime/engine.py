@@ -129,7 +129,7 @@ class Engine:
         """Start answering `stream` (then its `later_turns`) from the next `step` on: streams join
         and leave the running batch at any step. Returns the job; `job.output` fills as it runs."""
         stream._check_open()
-        if stream.seq.num_pending == 0:
+        if stream.seq.num_new == 0:
             raise ValueError(f"stream {stream.seq.seq_id} has nothing to answer: append a turn first")
         if any(job.stream is stream for job in self.running):
             raise ValueError(f"stream {stream.seq.seq_id} is already being answered")
@@ -142,7 +142,8 @@ class Engine:
         if not self.running:
             return []
         by_seq = {id(job.stream.seq): job for job in self.running}
-        batch = self.scheduler.schedule([job.stream.seq for job in self.running])
+        seqs = [job.stream.seq for job in self.running]
+        batch = self.scheduler.schedule(seqs, self._idle_seqs(seqs))
         logits = self.runner.run(batch)
         finished = self._postprocess(batch, logits, by_seq)
         self.running = [job for job in self.running if job not in finished]
@@ -176,6 +177,18 @@ class Engine:
             else:
                 finished.append(job)
         return finished
+
+    def _idle_seqs(self, running: list[Sequence]) -> list[Sequence]:
+        """Open streams' sequences holding blocks that are not running now (preempted first)."""
+        busy = {id(seq) for seq in running}
+        return [s.seq for s in self.streams.values() if s.seq.resident and id(s.seq) not in busy]
+
+    def stats(self) -> dict:
+        """Engine counters: pool occupancy, prefix hits, preemptions (of which swapped out)."""
+        pool, sched = self.pool, self.scheduler
+        return {"blocks_used": pool.num_used, "blocks_total": pool.num_blocks, "prefix_hits": pool.prefix_hits,
+                "preemptions": sched.num_preemptions, "swaps": sched.num_swaps,
+                "recomputed_tokens": sched.num_recomputed_tokens}
 
     def _end_turn(self, job: "_Job") -> None:
         seq, out = job.stream.seq, job.output.turns[-1]
@@ -228,11 +241,12 @@ class Stream:
 
     @property
     def num_cached_tokens(self) -> int:
-        return self.seq.num_cached
+        """Tokens of the dialogue held as context (a preempted stream computes them again first)."""
+        return self.seq.num_cached + self.seq.num_recompute
 
     @property
     def next_position(self) -> int:
-        return self.seq.next_position
+        return self.seq.next_position + self.seq.num_recompute
 
     @property
     def num_blocks(self) -> int:
@@ -287,7 +301,7 @@ class Stream:
         logits), so that forks taken afterwards share them instead of computing them each."""
         self._check_open()
         while self.seq.num_pending > 1:
-            batch = self.engine.scheduler.schedule([self.seq])
+            batch = self.engine.scheduler.schedule([self.seq], self.engine._idle_seqs([self.seq]))
             batch = [(seq, min(n, seq.num_pending - 1)) for seq, n in batch]
             self.engine.runner.run(batch)
 
@@ -295,25 +309,21 @@ class Stream:
         """Per-stream counters."""
         seq = self.seq
         return {"turns": seq.num_turns, "generated_tokens": seq.num_generated,
-                "cached_tokens": seq.num_cached, "blocks": len(seq.block_table),
-                "evicted_tokens": seq.num_evicted, "last_turn_s": seq.turn_seconds,
+                "cached_tokens": self.num_cached_tokens, "blocks": len(seq.block_table),
+                "evicted_tokens": seq.num_evicted, "preemptions": seq.num_preemptions,
+                "recomputed_tokens": seq.num_recomputed, "last_turn_s": seq.turn_seconds,
                 "mean_turn_s": seq.total_turn_seconds / max(seq.num_turns, 1)}
 
     def fork(self) -> "Stream":
         """A new stream with this one's dialogue, sharing its blocks (the partial last block is
         copied when either side writes into it)."""
         self._check_open()
-        src = self.seq
-        for block in src.block_table:
+        for block in self.seq.block_table:
             self.engine.pool.incref(block)
         child = self.engine.open_stream()
-        child.seq.block_table = list(src.block_table)
-        child.seq.num_cached, child.seq.next_position = src.num_cached, src.next_position
-        child.seq.push(list(src.pending_ids), list(src.pending_keys), list(src.pending_is_speech))
-        child.seq.pending_embeds = list(src.pending_embeds)
-        child.seq.block_hashes, child.seq.partial_keys = list(src.block_hashes), list(src.partial_keys)
-        child.seq.num_turns, child.seq.num_sink, child.seq.in_turn = src.num_turns, src.num_sink, src.in_turn
-        child.seq.turn_starts = list(src.turn_starts)
+        child.seq = self.seq.fork(child.seq.seq_id)
+        if child.seq.resident:
+            self.engine.scheduler.admit(child.seq)
         return child
 
     def close(self) -> None:
@@ -324,5 +334,7 @@ class Stream:
         self.engine.pool.free_all(self.seq.block_table)
         self.seq.block_table = []
         self.seq.pop_front(self.seq.num_pending)
+        self.seq.drop_history()
+        self.seq.swapped_kv = None
         self.seq.closed = True
         self.engine.streams.pop(self.seq.seq_id, None)

@@ -1,7 +1,9 @@
 """One forward over pending tokens of several sequences: cache slots, packed inputs, logits.
 
 `reserve` gives one sequence the slots for its next n pending tokens (prefix-cache hits first,
-copy on write, new blocks), or answers False with nothing taken. `run` packs ids / embeddings /
+copy on write, new blocks), or answers False with nothing taken. `preempt` takes every block back from
+a sequence: its cached tokens go back to pending (recompute), or, for a cache that eviction rewrote,
+its K/V go to host memory (`swap_in` restores them). `run` packs ids / embeddings /
 positions / slots of a scheduled batch into one forward through the paged cache and returns the
 logits of each sequence's last computed token.
 """
@@ -9,6 +11,7 @@ import torch
 
 from hpo_engine.cache.block_pool import BlockPool, chain_hash
 from hpo_engine.cache.kv_cache import KVCache
+from hpo_engine.kernels import store_kv
 from hpo_engine.models.decoder import CausalLM, PagedBatch
 from hpo_engine.runtime.sequence import Sequence
 
@@ -19,10 +22,14 @@ class ModelRunner:
         self.device = model.inv_freq.device
 
     # -- cache slots ------------------------------------------------------------------------------
-    def adopt_cached_prefix(self, seq: Sequence) -> None:
-        """Skip computing pending full blocks whose content is already cached (keep >= 1 to compute)."""
+    def adopt_cached_prefix(self, seq: Sequence, limit: int | None = None) -> None:
+        """Skip computing pending full blocks whose content is already cached (keep >= 1 to compute);
+        `limit`: only blocks within the first `limit` pending tokens."""
         bs = self.pool.block_size
-        while seq.hash_chain_intact(bs) and seq.num_cached % bs == 0 and seq.num_pending > bs:
+        limit = seq.num_pending if limit is None else limit
+        while (seq.hash_chain_intact(bs) and seq.num_cached % bs == 0 and seq.num_pending > bs
+               and limit >= bs):
+            limit -= bs
             h = chain_hash(seq.block_hashes[-1] if seq.block_hashes else None, seq.pending_keys[:bs])
             block = self.pool.lookup(h)
             if block is None:
@@ -31,12 +38,64 @@ class ModelRunner:
             seq.block_hashes.append(h)
             seq.num_cached += bs
             seq.next_position += bs
-            seq.pop_front(bs)
+            seq.commit_front(bs)
+
+    def blocks_to_admit(self, seq: Sequence, limit: int | None = None) -> int:
+        """Blocks a sequence without any would take to compute all its pending tokens (and restore a
+        swapped cache), less the leading full blocks that are resident in the prefix cache (within
+        the first `limit` pending tokens, as `adopt_cached_prefix`)."""
+        bs = self.pool.block_size
+        need = -(-(seq.num_cached + seq.num_pending) // bs) - len(seq.block_table)
+        if seq.swapped_kv is None and seq.hash_chain_intact(bs) and seq.num_cached % bs == 0:
+            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            stop = seq.num_pending - bs if limit is None else min(seq.num_pending - bs, limit - bs + 1)
+            for i in range(0, stop, bs):                           # as adopt_cached_prefix walks
+                parent = chain_hash(parent, seq.pending_keys[i:i + bs])
+                block = self.pool.hash_to_block.get(parent)
+                if block is None:
+                    break
+                need -= self.pool.ref_count[block] > 0             # held by someone: costs no free block
+        return need
+
+    @torch.inference_mode()
+    def preempt(self, seq: Sequence) -> None:
+        """Give back every block of `seq` (shared ones stay with their other holders). A sequence with
+        its history is recomputed later; one whose cache eviction rewrote is swapped out to the host."""
+        if seq.recomputable:
+            self.pool.free_all(seq.block_table)
+            seq.block_table = []
+            seq.requeue_history()
+        else:
+            slots = self._slots(seq, 0, seq.num_cached)
+            seq.swapped_kv = [(k.view(-1, *k.shape[2:])[slots].cpu(), v.view(-1, *v.shape[2:])[slots].cpu())
+                              for k, v in self.kv.layers]
+            self.pool.free_all(seq.block_table)
+            seq.block_table = []
+            seq.block_hashes, seq.partial_keys = [], []
+        seq.num_preemptions += 1
+
+    @torch.inference_mode()
+    def swap_in(self, seq: Sequence) -> bool:
+        """Blocks for a swapped-out cache, filled with its K/V; False (nothing taken) when short."""
+        blocks = self.pool.allocate_many(-(-seq.num_cached // self.pool.block_size))
+        if blocks is None:
+            return False
+        seq.block_table = blocks
+        slots = self._slots(seq, 0, seq.num_cached)
+        for (k_cache, v_cache), (k, v) in zip(self.kv.layers, seq.swapped_kv):
+            store_kv(k.to(self.kv.device), v.to(self.kv.device), k_cache, v_cache, slots)
+        seq.swapped_kv = None
+        return True
+
+    def _slots(self, seq: Sequence, start: int, stop: int) -> torch.Tensor:
+        bs, logical = self.pool.block_size, torch.arange(start, stop)
+        table = torch.tensor(seq.block_table, dtype=torch.long)
+        return (table[logical // bs] * bs + logical % bs).to(self.kv.device)
 
     def reserve(self, seq: Sequence, n: int) -> bool:
         """Slots for the next n pending tokens of `seq`; False (nothing taken) when out of blocks."""
         bs = self.pool.block_size
-        cow = seq.num_cached % bs and not self.pool.is_writable(seq.block_table[-1])
+        cow = seq.num_cached % bs and seq.block_table and not self.pool.is_writable(seq.block_table[-1])
         need = -(-(seq.num_cached + n) // bs) - len(seq.block_table)
         blocks = self.pool.allocate_many(max(need, 0) + int(bool(cow)))
         if blocks is None:
@@ -95,4 +154,4 @@ class ModelRunner:
             self.pool.register(seq.block_table[len(seq.block_hashes)], h)
             seq.block_hashes.append(h)
             del seq.partial_keys[:bs]
-        return seq.pop_front(n)
+        return seq.commit_front(n)
