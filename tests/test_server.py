@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from test_server_helpers import auth, run, start_server, stream_session
-from test_sst_helpers import SENTENCES, espeak_pcm16
+from test_sst_helpers import SENTENCES, default_is_trained, espeak_pcm16
 
 CHUNK_MS = 1120
 MAX_MESSAGE = 65536
@@ -34,7 +34,8 @@ def server(tmp_path_factory):
 def check_stream_frames(frames, pcm_bytes):
     """ready first, translations with increasing chunk-aligned audio_ms ending at the audio sent, done last."""
     assert frames[0]["type"] == "ready" and frames[0]["session"]
-    assert frames[0]["trained"] is False and "untrained" in frames[0]["model"]
+    assert frames[0]["trained"] is default_is_trained()
+    assert ("untrained" in frames[0]["model"]) is not default_is_trained()
     assert frames[-1]["type"] == "done"
     translations = [f for f in frames if f["type"] == "translation"]
     total_ms = pcm_bytes / 2 / 16

@@ -22,6 +22,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def default_is_trained() -> bool:
+    """Whether the package carries a trained default (hpo_engine/sst/default/), or the untrained one serves."""
+    from hpo_engine.sst.config import CONFIG_NAME
+    from hpo_engine.sst.default_model import TRAINED_DIR
+    return (TRAINED_DIR / CONFIG_NAME).is_file()
+
+
 @functools.lru_cache(maxsize=1)
 def default_model():
     from hpo_engine.sst import open_sst

@@ -93,10 +93,12 @@ def evaluate_command(out_dir, stages, multipliers, threads):
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(file_okay=False, exists=True))
-def install(checkpoint):
+@click.option("--description", default=None, help="What the model is, shown by serve / translate "
+              "(default: the checkpoint's own).")
+def install(checkpoint, description):
     """Make CHECKPOINT's trained part (config, projector, LLM adapter) the embedded default."""
     from .recipe import install_default
-    click.echo(f"installed into {install_default(checkpoint)}")
+    click.echo(f"installed into {install_default(checkpoint, description=description)}")
 
 
 if __name__ == "__main__":

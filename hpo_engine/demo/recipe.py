@@ -109,9 +109,9 @@ def render_table(eval_dir: Path, stages, multipliers) -> str:
     return "\n".join(lines) + "\n"
 
 
-def install_default(checkpoint, package_dir: Path | None = None) -> Path:
+def install_default(checkpoint, package_dir: Path | None = None, description: str | None = None) -> Path:
     """Copy the trained part of an exported checkpoint (sst_config.json, projector, LLM adapter; bf16
-    tensors, a few MB) into the package as the embedded default."""
+    tensors, a few MB) into the package as the embedded default (with `description` if given)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -122,7 +122,10 @@ def install_default(checkpoint, package_dir: Path | None = None) -> Path:
     checkpoint, target = Path(checkpoint), Path(package_dir or TRAINED_DIR)
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    shutil.copy2(checkpoint / "sst_config.json", target / "sst_config.json")
+    config = json.loads((checkpoint / "sst_config.json").read_text())
+    if description:
+        config["description"] = description
+    (target / "sst_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
     for name in (PROJECTOR_FILE, ADAPTER_FILE):
         tensors = load_file(str(checkpoint / name))
         save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(target / Path(name).name))
