@@ -74,10 +74,11 @@ def generate(prompt, model_path, system, max_new_tokens, temperature, top_p, top
 # Each part owns its commands.
 from hpo_engine.metrics.cli import score  # noqa: E402
 from hpo_engine.server.cli import serve  # noqa: E402
+from hpo_engine.server.client import stream  # noqa: E402
 from hpo_engine.sst.cli import translate  # noqa: E402
 from hpo_engine.train.cli import train  # noqa: E402
 
-for command in (serve, translate, score, train):
+for command in (serve, stream, translate, score, train):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 import random
 import signal
 
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -191,3 +192,22 @@ def test_sigterm_drains_open_streams(server):
     assert close_code in (1000, 1001)
     assert server.proc.wait(timeout=120) == 0
     assert "end=shutdown" in server.log()
+
+
+def test_stream_client_prints_each_translation_with_its_audio(server, tmp_path):
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from hpo_engine.server.client import stream
+    pcm = espeak_pcm16(SENTENCES[0] + " " + SENTENCES[1])
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, np.frombuffer(pcm, dtype=np.int16), 16000, subtype="PCM_16")
+    result = CliRunner().invoke(stream, [str(wav), "--url", server.url, "--token", server.token, "--fast"])
+    assert result.exit_code == 0, result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("[")]
+    seconds = [float(l[1:].split("s of audio")[0]) for l in lines]
+    total = len(pcm) / 2 / 16000
+    full = int(total // (CHUNK_MS / 1000))
+    assert seconds == pytest.approx([CHUNK_MS / 1000 * (k + 1) for k in range(full)] + [total], abs=0.006)
+    refused = CliRunner().invoke(stream, [str(wav), "--url", server.url, "--token", "wrong", "--fast"])
+    assert refused.exit_code != 0 and "401" in refused.output
