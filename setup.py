@@ -19,6 +19,8 @@ ext_modules = [
 setup(
     packages=find_packages(include=["hpo_engine", "hpo_engine.*"]) + ["hpo_engine.kernels"],
     package_dir={"hpo_engine.kernels": "kernels"},
+    # the trained part of the embedded default SST model (a few MB; the base weights come from packages)
+    package_data={"hpo_engine.sst": ["default/*.json", "default/*.safetensors"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
 )
