@@ -53,7 +53,8 @@ def check_stream_frames(frames, pcm_bytes):
 def test_http_endpoints(server):
     assert server.http("/healthz") == (200, "ok\n")
     status, page = server.http("/")
-    assert status == 200 and "Untrained" in page
+    assert status == 200 and ("Untrained model" in page) is not default_is_trained()
+    assert ('id="model"' in page) is default_is_trained()     # a trained model says what it is
     status, text = server.http("/metrics")
     assert status == 200 and "hpo_kv_blocks_used" in text and "hpo_active_streams 0" in text
     assert server.http("/nope")[0] == 404
@@ -162,6 +163,25 @@ def test_vanished_client_frees_its_blocks(server):
     assert "end=disconnect" in server.log()
 
 
+def test_stream_client_prints_each_translation_with_its_audio(server, tmp_path):
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from hpo_engine.server.client import stream
+    pcm = espeak_pcm16(SENTENCES[0] + " " + SENTENCES[1])
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, np.frombuffer(pcm, dtype=np.int16), 16000, subtype="PCM_16")
+    result = CliRunner().invoke(stream, [str(wav), "--url", server.url, "--token", server.token, "--fast"])
+    assert result.exit_code == 0, result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("[")]
+    seconds = [float(l[1:].split("s of audio")[0]) for l in lines]
+    total = len(pcm) / 2 / 16000
+    full = int(total // (CHUNK_MS / 1000))
+    assert seconds == pytest.approx([CHUNK_MS / 1000 * (k + 1) for k in range(full)] + [total], abs=0.006)
+    refused = CliRunner().invoke(stream, [str(wav), "--url", server.url, "--token", "wrong", "--fast"])
+    assert refused.exit_code != 0 and "401" in refused.output
+
+
 def test_sigterm_drains_open_streams(server):
     """Runs last: ends the module's server."""
     pcm = espeak_pcm16("This is a short test.")
@@ -193,21 +213,3 @@ def test_sigterm_drains_open_streams(server):
     assert server.proc.wait(timeout=120) == 0
     assert "end=shutdown" in server.log()
 
-
-def test_stream_client_prints_each_translation_with_its_audio(server, tmp_path):
-    import soundfile as sf
-    from click.testing import CliRunner
-
-    from hpo_engine.server.client import stream
-    pcm = espeak_pcm16(SENTENCES[0] + " " + SENTENCES[1])
-    wav = tmp_path / "talk.wav"
-    sf.write(wav, np.frombuffer(pcm, dtype=np.int16), 16000, subtype="PCM_16")
-    result = CliRunner().invoke(stream, [str(wav), "--url", server.url, "--token", server.token, "--fast"])
-    assert result.exit_code == 0, result.output
-    lines = [l for l in result.output.splitlines() if l.startswith("[")]
-    seconds = [float(l[1:].split("s of audio")[0]) for l in lines]
-    total = len(pcm) / 2 / 16000
-    full = int(total // (CHUNK_MS / 1000))
-    assert seconds == pytest.approx([CHUNK_MS / 1000 * (k + 1) for k in range(full)] + [total], abs=0.006)
-    refused = CliRunner().invoke(stream, [str(wav), "--url", server.url, "--token", "wrong", "--fast"])
-    assert refused.exit_code != 0 and "401" in refused.output

@@ -99,8 +99,8 @@ $('file').onchange = async () => {
 
 
 def page_html(config) -> str:
-    notice = "" if config.trained else (
-        f'<p class="warn" id="untrained"><b>Untrained model.</b> {html.escape(config.description)}.</p>')
+    notice = (f'<p class="note" id="model"><b>Model:</b> {html.escape(config.description)}.</p>' if config.trained else
+              f'<p class="warn" id="untrained"><b>Untrained model.</b> {html.escape(config.description)}.</p>')
     langs = "".join(f'<option value="{html.escape(code)}"{" selected" if code == config.default_target_lang else ""}>'
                     f'{html.escape(code)}</option>' for code in sorted(config.instructions))
     script = SCRIPT.replace("WORKLET_SRC", json.dumps(WORKLET))
