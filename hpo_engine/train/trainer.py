@@ -6,6 +6,7 @@ cached prefixes (K/V computed under the old weights) are dropped.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -192,17 +193,17 @@ def open_speech_parts(cfg: TrainConfig):
     sst.instruction(d.target_lang)      # an unsupported language fails here, naming it
     projector = _load_module(Projector(ProjectorConfig(**sst.projector)), folder / PROJECTOR_FILE)
     projector = projector.to(cfg.model.device).float().train()
-    encoder_state = {}
+    @functools.cache
+    def encoder() -> WhisperEncoder:      # loaded on the first `audio` window only
+        return _load_module(WhisperEncoder(EncoderConfig(**sst.encoder)), folder / ENCODER_FILE)
 
     def encode_audio(path, start_s: float, end_s: float) -> np.ndarray:
         """Encoder frames of [start_s, end_s] of an audio file, streamed as serving streams it."""
         from hpo_engine.speech.audio import SAMPLE_RATE, load_audio
         from hpo_engine.speech.frontend import FRAME_MS
         from hpo_engine.speech.streaming import StreamingEncoder
-        if "encoder" not in encoder_state:
-            encoder_state["encoder"] = _load_module(WhisperEncoder(EncoderConfig(**sst.encoder)), folder / ENCODER_FILE)
         wave = load_audio(path)[int(start_s * SAMPLE_RATE):int(end_s * SAMPLE_RATE)]
-        stream = StreamingEncoder(encoder_state["encoder"], sst.chunk_ms // FRAME_MS, sst.left_context_ms // FRAME_MS)
+        stream = StreamingEncoder(encoder(), sst.chunk_ms // FRAME_MS, sst.left_context_ms // FRAME_MS)
         with torch.inference_mode():
             frames = torch.cat([stream.push(wave), stream.flush()])
         return frames.float().numpy()
@@ -290,8 +291,7 @@ def reference_logprobs(run: Run, samples) -> list[torch.Tensor]:
     """Logprobs under the frozen initial policy, with the initial projector: a reloaded LLM when LLM
     weights train or a LoRA continues the base's, else the live LLM itself (a new LoRA switched off)."""
     cfg = run.cfg
-    embed = run.ref_projector if run.ref_projector is not None else None
-    args = (samples, run.banned, cfg.rollout.temperature, cfg.optim.max_tokens_per_microbatch, embed)
+    args = (samples, run.banned, cfg.rollout.temperature, cfg.optim.max_tokens_per_microbatch, run.ref_projector)
     if run.ref_model is not None:
         return all_assistant_logprobs(run.ref_model, *args)
     if run.trainable.lora is not None:
