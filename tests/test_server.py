@@ -213,3 +213,29 @@ def test_sigterm_drains_open_streams(server):
     assert server.proc.wait(timeout=120) == 0
     assert "end=shutdown" in server.log()
 
+
+
+def test_a_stream_that_outgrows_the_cache_fails_alone(tmp_path):
+    """A KV pool of 4 blocks (64 tokens): a one-chunk talk fits (38 + 3 tokens), a longer one cannot
+    (its second turn reaches 68). The long one gets an out_of_memory error, the short one finishes, and
+    the server keeps serving with every block back."""
+    block_bytes = 16 * 30 * 2 * 3 * 64 * 4          # SmolLM2-135M, float32
+    srv = start_server(tmp_path, "--cache-memory", str(4 * block_bytes + 1000), "--max-new-tokens", "3")
+    try:
+        short = espeak_pcm16("Hello.")[:16000 * 2]                 # at most 1 s: one (partial) chunk
+        long = espeak_pcm16(" ".join(SENTENCES[:3]))               # several chunks
+
+        async def both():
+            return await asyncio.gather(stream_session(srv, short), stream_session(srv, long))
+
+        short_frames, long_frames = run(both())
+        assert short_frames[-1]["type"] == "done"
+        errors = [f for f in long_frames if f["type"] == "error"]
+        assert [e["code"] for e in errors] == ["out_of_memory"] and "--cache-memory" in errors[0]["message"]
+        assert "pool has 4 blocks" in errors[0]["message"]
+        assert srv.http("/healthz") == (200, "ok\n")
+        again = run(stream_session(srv, short))                    # the server still serves
+        assert again[-1]["type"] == "done"
+        assert srv.metric("hpo_kv_blocks_used") == 0
+    finally:
+        srv.stop()

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from hpo_engine.runtime.scheduler import OutOfBlocks
 from hpo_engine.speech.audio import SAMPLE_RATE
 from hpo_engine.sst.stream import SSTStream, step_streams
 
@@ -74,6 +75,11 @@ class EngineWorker(threading.Thread):
                     s.inbox.clear()
             try:
                 self._step(taken)
+            except OutOfBlocks as e:    # one stream alone outgrew the KV cache: it fails, the others go on
+                culprits = [s for s in self.sessions if s.sst is not None and s.sst.stream.seq.seq_id == e.seq_id]
+                for s in culprits or list(self.sessions):
+                    self._fail(s, "out_of_memory", f"this stream no longer fits the server's KV cache ({e}); "
+                               "the server needs a larger --cache-memory")
             except Exception:       # never let one bad step kill the server: fail its streams instead
                 log.exception("engine step failed")
                 for s in list(self.sessions):
