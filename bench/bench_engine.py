@@ -85,3 +85,35 @@ def test_decode_transformers(benchmark, hf):
                               do_sample=False)
         assert out.shape[1] == PROMPT + DECODE
     benchmark.pedantic(run, setup=setup, rounds=5, warmup_rounds=1)
+
+
+@pytest.fixture(scope="module")
+def engine_bf16(smollm2_path):
+    return Engine.from_pretrained(smollm2_path, dtype=torch.bfloat16)
+
+
+def _decode_streams(engine, batch):
+    """`batch` streams of 1k random tokens each, prefilled, ready to decode together."""
+    streams = []
+    for _ in range(batch):
+        s = engine.open_stream()
+        s.append(random_prompt())
+        s.generate(SamplingParams(max_new_tokens=1))
+        streams.append(s)
+    return streams
+
+
+def _decode_together(engine, streams):
+    outs = engine.generate_many([(s, SamplingParams(max_new_tokens=DECODE, stop_token_ids=[])) for s in streams])
+    assert all(len(o.token_ids) == DECODE for o in outs)
+    for s in streams:
+        s.close()
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_dtype(benchmark, engine, engine_bf16, dtype, batch):
+    """Weights and KV in bf16 vs fp32 (CPUs with avx512_bf16 / AMX run bf16 matmuls natively)."""
+    benchmark.group = f"decode-32-at-1k-batch{batch}-dtype"
+    e = engine if dtype == "float32" else engine_bf16
+    benchmark.pedantic(_decode_together, setup=lambda: ((e, _decode_streams(e, batch)), {}), rounds=3, warmup_rounds=1)
