@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, SpeechFrontEnd, WhisperEncoder
 
 from .adapter import ADAPTER_FILE, apply_adapter, read_adapter
-from .config import SSTConfig, SSTConfigError
+from .config import CONFIG_NAME, SSTConfig, SSTConfigError
 
 ENCODER_FILE = "speech/encoder.safetensors"
 PROJECTOR_FILE = "speech/projector.safetensors"
@@ -54,15 +54,21 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def link_llm_files(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) the LLM files at the top of `src` (an LLM or SST folder) into `dst`: all but
+    the SST config and the LLM's build record."""
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    for f in Path(src).iterdir():
+        if f.is_file() and f.name not in ("hpo_build.json", CONFIG_NAME):
+            link_or_copy(f, Path(dst) / f.name)
+
+
 def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder, projector: Projector,
              config: SSTConfig) -> Path:
     folder, llm_folder = Path(folder), Path(llm_folder)
     config.encoder, config.projector = asdict(encoder.cfg), projector.cfg.to_dict()
     config.validate()
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in llm_folder.iterdir():
-        if f.is_file() and f.name not in ("hpo_build.json", "sst_config.json"):
-            link_or_copy(f, folder / f.name)
+    link_llm_files(llm_folder, folder)
     (folder / "speech").mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, folder / ENCODER_FILE)
     save_file({k: v.contiguous() for k, v in projector.state_dict().items()}, folder / PROJECTOR_FILE)
@@ -70,7 +76,7 @@ def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder, projector:
     return folder
 
 
-def _load_module(module: torch.nn.Module, file: Path) -> torch.nn.Module:
+def load_module(module: torch.nn.Module, file: Path) -> torch.nn.Module:
     if not file.is_file():
         raise SSTConfigError(f"SST checkpoint is missing {file}")
     try:
@@ -90,8 +96,8 @@ def open_sst(path=None, device="cpu", dtype=torch.float32, **engine_options) -> 
         path = default_sst_path()
     path = Path(path)
     config = SSTConfig.load(path)
-    encoder = _load_module(WhisperEncoder(EncoderConfig(**config.encoder)), path / ENCODER_FILE).to(device)
-    projector = _load_module(Projector(ProjectorConfig(**config.projector)), path / PROJECTOR_FILE).to(device)
+    encoder = load_module(WhisperEncoder(EncoderConfig(**config.encoder)), path / ENCODER_FILE).to(device)
+    projector = load_module(Projector(ProjectorConfig(**config.projector)), path / PROJECTOR_FILE).to(device)
     options = {"placeholder_token_id": config.placeholder_token_id,
                "max_cache_tokens": config.max_cache_tokens, **engine_options}
     engine = Engine.from_pretrained(path, device=device, dtype=dtype, **options)

@@ -70,15 +70,13 @@ def default_sst_path(build: bool = True, trained: bool = True) -> Path:
 def build_trained_default(out: Path) -> Path:
     """The untrained folder's base files (hard links) + the committed trained part."""
     from .adapter import ADAPTER_FILE
-    from .checkpoint import ENCODER_FILE, PROJECTOR_FILE, link_or_copy
+    from .checkpoint import ENCODER_FILE, PROJECTOR_FILE, link_llm_files, link_or_copy
 
     base = default_sst_path(trained=False)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "speech").mkdir(parents=True)
-    for f in base.iterdir():
-        if f.is_file() and f.name != CONFIG_NAME:
-            link_or_copy(f, tmp / f.name)
+    link_llm_files(base, tmp)
     link_or_copy(base / ENCODER_FILE, tmp / ENCODER_FILE)
     for name in (PROJECTOR_FILE, ADAPTER_FILE):
         shutil.copy2(TRAINED_DIR / Path(name).name, tmp / name)

@@ -14,8 +14,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from hpo_engine.sst.adapter import combine, read_adapter, write_adapter
-from hpo_engine.sst.checkpoint import ENCODER_FILE, PROJECTOR_FILE, link_or_copy
-from hpo_engine.sst.config import CONFIG_NAME
+from hpo_engine.sst.checkpoint import ENCODER_FILE, PROJECTOR_FILE, link_llm_files, link_or_copy
 
 
 def export_sst(run, out, description: str) -> Path:
@@ -25,9 +24,7 @@ def export_sst(run, out, description: str) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "speech").mkdir(parents=True)
-    for f in base.iterdir():
-        if f.is_file() and f.name not in (CONFIG_NAME, "hpo_build.json"):
-            link_or_copy(f, tmp / f.name)
+    link_llm_files(base, tmp)
     link_or_copy(base / ENCODER_FILE, tmp / ENCODER_FILE)
     t = run.trainable
     if t.projector is not None and any(p.requires_grad for p in t.projector.parameters()):

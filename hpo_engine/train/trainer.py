@@ -179,7 +179,7 @@ def open_speech_parts(cfg: TrainConfig):
     folder = Path(cfg.model.path)
     if not (folder / CONFIG_NAME).is_file():
         return None, None, None
-    from hpo_engine.sst.checkpoint import ENCODER_FILE, PROJECTOR_FILE, _load_module
+    from hpo_engine.sst.checkpoint import ENCODER_FILE, PROJECTOR_FILE, load_module
     from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, WhisperEncoder
 
     sst = SSTConfig.load(folder)
@@ -191,11 +191,11 @@ def open_speech_parts(cfg: TrainConfig):
         raise ConfigError(f"dialogue.frame_seconds: chunks of {d.chunk_seconds * 1000:g} ms, but the SST "
                           f"checkpoint's are {sst.chunk_ms} ms")
     sst.instruction(d.target_lang)      # an unsupported language fails here, naming it
-    projector = _load_module(Projector(ProjectorConfig(**sst.projector)), folder / PROJECTOR_FILE)
+    projector = load_module(Projector(ProjectorConfig(**sst.projector)), folder / PROJECTOR_FILE)
     projector = projector.to(cfg.model.device).float().train()
     @functools.cache
     def encoder() -> WhisperEncoder:      # loaded on the first `audio` window only
-        return _load_module(WhisperEncoder(EncoderConfig(**sst.encoder)), folder / ENCODER_FILE)
+        return load_module(WhisperEncoder(EncoderConfig(**sst.encoder)), folder / ENCODER_FILE)
 
     def encode_audio(path, start_s: float, end_s: float) -> np.ndarray:
         """Encoder frames of [start_s, end_s] of an audio file, streamed as serving streams it."""
