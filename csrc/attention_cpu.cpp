@@ -20,6 +20,7 @@
 // The per-item code is compiled three times (AVX-512, AVX2, baseline x86-64) via target_clones: setup.py
 // builds without -march.
 #include "registry.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -29,20 +30,6 @@
 #include <vector>
 
 namespace {
-
-#define HPO_INLINE inline __attribute__((always_inline))
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define HPO_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))  // AVX-512, AVX2
-#else
-#define HPO_CLONES
-#endif
-
-typedef float vf16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-typedef uint32_t vu16 __attribute__((vector_size(64)));
-typedef uint16_t vh16 __attribute__((vector_size(32)));
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf4 __attribute__((vector_size(16)));
 
 constexpr int kLanes = 16;
 constexpr int kChunk = 32;              // keys per softmax chunk
@@ -74,21 +61,6 @@ struct WorkItem {
     int64_t cost;
 };
 
-// ---- element loads / stores -------------------------------------------------------------------
-HPO_INLINE vf16 load16(const float* p) { vf16 x; std::memcpy(&x, p, sizeof(x)); return x; }
-HPO_INLINE vf16 load16(const uint16_t* p) {
-    vh16 h;
-    std::memcpy(&h, p, sizeof(h));
-    vu16 u = __builtin_convertvector(h, vu16) << 16;  // bf16 is the top half of a float
-    return (vf16)u;
-}
-HPO_INLINE void store16(float* p, vf16 x) { std::memcpy(p, &x, sizeof(x)); }
-HPO_INLINE void store16(uint16_t* p, vf16 x) {
-    vu16 u = (vu16)x;
-    u = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
-    vh16 h = __builtin_convertvector(u, vh16);
-    std::memcpy(p, &h, sizeof(h));
-}
 #ifndef HPO_PF
 #define HPO_PF 2
 #endif
@@ -133,17 +105,6 @@ HPO_INLINE void prefetch_rows(const E* p, int64_t stride, int n) {
     for (int j = 0; j < n; ++j)
         for (int i = 0; i < D; i += kLineElems) __builtin_prefetch(p + j * stride + i, 0, 3);
 }
-// Horizontal sum as a tree of shuffles (4 vector adds); a plain lane loop keeps the source order and
-// compiles to 15 dependent scalar adds.
-HPO_INLINE float hsum(vf16 x) {
-    vf8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
-            __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-    vf4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    b += __builtin_shufflevector(b, b, 2, 3, 0, 1);
-    b += __builtin_shufflevector(b, b, 1, 0, 3, 2);
-    return b[0];
-}
-
 // 2^x for x <= 0 (degree-7 Taylor of 2^f on [-0.5, 0.5], relative error < 1e-8 before rounding);
 // entries at -inf (masked keys) come out as exactly 0.
 HPO_INLINE vf16 exp2_nonpositive(vf16 x) {

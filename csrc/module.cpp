@@ -5,4 +5,5 @@ PYBIND11_MODULE(_C, m) {
     m.doc() = "hpo-engine C++ hot paths";
     register_align(m);
     register_attention_cpu(m);
+    register_linear_cpu(m);
 }

@@ -1,4 +1,5 @@
-"""Paged KV-cache kernels: `store_kv` and `paged_attention` (contract in DESIGN.md).
+"""Paged KV-cache kernels: `store_kv` and `paged_attention` (contract in DESIGN.md); `linear`, the
+small-batch CPU linear layer of decode steps (cpu_linear.py).
 
 Dispatch: CUDA tensors -> Triton; CPU tensors -> the C++ path (csrc/attention_cpu.cpp) where it
 supports the dtype / head_dim, else torch ops (gather + SDPA). `HPO_ATTN_BACKEND=triton|torch|cpp`
@@ -8,6 +9,7 @@ launches a Triton kernel. A forced `cpp` falls back to torch when the extension 
 import os
 
 from . import cpu_paged_attention as _cpu
+from .cpu_linear import linear
 from .reference import paged_attention_ref, store_kv_ref
 from .torch_paged_attention import paged_attention_torch, store_kv_torch
 
@@ -62,5 +64,5 @@ def store_kv(key, value, k_cache, v_cache, slot_mapping):
     return store_kv_torch(key, value, k_cache, v_cache, slot_mapping)
 
 
-__all__ = ["store_kv", "paged_attention", "store_kv_ref", "paged_attention_ref", "attention_backend",
+__all__ = ["store_kv", "paged_attention", "linear", "store_kv_ref", "paged_attention_ref", "attention_backend",
            "paged_attention_torch", "store_kv_torch", "BACKENDS"]

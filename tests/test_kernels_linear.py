@@ -1,0 +1,104 @@
+"""The C++ small-batch linear layer (kernels/cpu_linear.py) against float64 F.linear."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hpo_engine.kernels import cpu_linear
+from hpo_engine.kernels.cpu_linear import MAX_ROWS, linear, supports_linear
+
+pytestmark = pytest.mark.skipif(not cpu_linear.AVAILABLE, reason="hpo_engine._C not built")
+
+
+def _inputs(m, n, k, dtype, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    w = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    return x, w, b
+
+
+def _check_close(y, x, w, b):
+    """|y - exact| within fp32 accumulation error (|x| @ |w|^T scaled), plus one output rounding."""
+    exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+    bound = F.linear(x.double().abs(), w.double().abs()) + (0 if b is None else b.double().abs())
+    rounding = 2.0 ** -8 if y.dtype == torch.bfloat16 else 2.0 ** -23
+    assert y.dtype == x.dtype and y.shape == exact.shape
+    assert ((y.double() - exact).abs() <= 1e-6 * bound + rounding * exact.abs() + 1e-30).all()
+
+
+ODD = list(itertools.product([1, 2, 3, 5, 8, 13, 16], [1, 3, 4, 7, 66], [1, 15, 16, 17, 50]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_odd_sizes_match_float64(dtype, bias):
+    with torch.inference_mode():
+        for i, (m, n, k) in enumerate(ODD):
+            x, w, b = _inputs(m, n, k, dtype, bias, seed=i)
+            assert supports_linear(x, w, b)
+            _check_close(linear(x, w, b), x, w, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("m,n,k", [(1, 1536, 576), (7, 576, 1536), (16, 4099, 64), (4, 2049, 577)])
+def test_model_sizes_two_threads_match_float64(dtype, m, n, k, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)   # the split path even on one core
+    with torch.inference_mode():
+        x, w, b = _inputs(m, n, k, dtype, True, seed=m * n + k)
+        _check_close(linear(x, w, b), x, w, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_rows_are_batch_and_thread_invariant_bitwise(dtype, monkeypatch):
+    """A row's output is the same bits alone, in any batch, and on 1 or 3 threads (RL relies on it)."""
+    x, w, b = _inputs(MAX_ROWS, 1031, 333, dtype, True, seed=7)
+    with torch.inference_mode():
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+        batched = linear(x, w, b)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+        assert torch.equal(linear(x, w, b), batched)
+        for m in (1, 2, 3, 5, 11):
+            for start in (0, MAX_ROWS - m):
+                assert torch.equal(linear(x[start:start + m], w, b), batched[start:start + m])
+
+
+def test_strided_rows_and_empty_batch():
+    big = torch.randn(6, 100)
+    x, w = big[:, 3:67], torch.randn(20, 64)       # row stride 100, last dim contiguous
+    with torch.inference_mode():
+        assert supports_linear(x, w)
+        _check_close(linear(x, w), x, w, None)
+        assert linear(x[:0], w).shape == (0, 20)
+
+
+def test_other_inputs_take_f_linear():
+    """Outside its contract the call is F.linear itself: same values, autograd intact."""
+    x, w, b = _inputs(3, 10, 12, torch.float32, True, seed=3)
+    w_t = torch.randn(12, 10).t()                                 # not contiguous
+    x3 = torch.randn(2, 3, 12)                                    # not 2-D
+    big = torch.randn(MAX_ROWS + 1, 12)                           # too many rows
+    with torch.inference_mode():
+        assert not supports_linear(x, w_t) and not supports_linear(x3, w) and not supports_linear(big, w)
+        assert not supports_linear(x.half(), w.half()) and not supports_linear(x, w.double())
+        assert not supports_linear(x, w, b[:5])
+        for args in ((x, w_t), (x3, w, b), (big, w)):
+            assert torch.equal(linear(*args), F.linear(*args))
+    w.requires_grad_(True)
+    assert not supports_linear(x, w, b)                           # autograd records: F.linear
+    linear(x, w, b).sum().backward()
+    assert torch.allclose(w.grad, x.sum(0).expand(10, 12))
+
+
+def test_decoder_linear_layers_use_it_and_keep_hooks():
+    """The model's projections are kernels.linear at decode, and forward hooks (LoRA) still run."""
+    from hpo_engine.models.decoder import Linear
+    layer = Linear(12, 5, bias=True)
+    seen = []
+    layer.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    x = torch.randn(2, 12)
+    with torch.inference_mode():
+        y = layer(x)
+    _check_close(y, x, layer.weight.detach(), layer.bias.detach())
+    assert seen == [(2, 5)]
