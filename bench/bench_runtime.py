@@ -153,30 +153,37 @@ def test_unbounded_stream_hour(tmp_path, benchmark):
 
 
 # -- group rollouts: G samples x T turns, each turn's speech fixed, answers sampled ---------------
-G, R_TURNS, R_GEN = 8, 12, 20
+# One window per round; the goal's "2 windows" are two independent such dialogues, twice both sides.
+G = 8
+ROLLOUT_SIZES = {"12turns-20tok": (12, 20), "30turns-40tok": (30, 40)}    # (turns, tokens per turn)
 
 
-def rollout_window(seed):
+def rollout_window(seed, turns):
     g = torch.Generator().manual_seed(seed)
-    return [rand_ids(60, g)] + [rand_ids(TURN_USER, g) for _ in range(R_TURNS - 1)]
+    return [rand_ids(60, g)] + [rand_ids(TURN_USER, g) for _ in range(turns - 1)]
 
 
+@pytest.mark.parametrize("size", ROLLOUT_SIZES)
 @pytest.mark.benchmark(group="rollouts")
-def test_rollouts_hpo_engine(benchmark, engine):
-    params = SamplingParams(max_new_tokens=R_GEN, temperature=1.0, top_p=0.999, top_k=10000, seed=0,
+def test_rollouts_hpo_engine(benchmark, engine, size):
+    turns, gen = ROLLOUT_SIZES[size]
+    params = SamplingParams(max_new_tokens=gen, temperature=1.0, top_p=0.999, top_k=10000, seed=0,
                             stop_token_ids=[])
 
     def run(window):
         outs = engine.rollout_group((window[0], None), [(t, None) for t in window[1:]], G, params)
-        assert sum(len(o.token_ids) for o in outs) == G * R_TURNS * R_GEN
-    benchmark.pedantic(run, setup=lambda: ((rollout_window(3),), {}), rounds=2, warmup_rounds=0)
-    benchmark.extra_info["generated_tokens"] = G * R_TURNS * R_GEN
+        assert sum(len(o.token_ids) for o in outs) == G * turns * gen
+    benchmark.pedantic(run, setup=lambda: ((rollout_window(3, turns),), {}), rounds=2, warmup_rounds=0)
+    benchmark.extra_info["generated_tokens"] = G * turns * gen
 
 
+@pytest.mark.parametrize("size", ROLLOUT_SIZES)
 @pytest.mark.benchmark(group="rollouts")
-def test_rollouts_transformers_resubmit(benchmark, hf):
+def test_rollouts_transformers_resubmit(benchmark, hf, size):
     """HPO's pattern without a serving engine: every turn, the G dialogues so far, left-padded into
     one batch, are resubmitted whole to `generate`."""
+    turns, gen = ROLLOUT_SIZES[size]
+
     def run(window):
         dialogues = [[] for _ in range(G)]
         for turn in window:
@@ -186,9 +193,9 @@ def test_rollouts_transformers_resubmit(benchmark, hf):
             ids = torch.tensor([[0] * (width - len(d)) + d for d in dialogues])
             mask = torch.tensor([[0] * (width - len(d)) + [1] * len(d) for d in dialogues])
             with torch.inference_mode():
-                out = hf.generate(ids, attention_mask=mask, max_new_tokens=R_GEN, min_new_tokens=R_GEN,
+                out = hf.generate(ids, attention_mask=mask, max_new_tokens=gen, min_new_tokens=gen,
                                   do_sample=True, temperature=1.0, top_p=0.999, top_k=10000, pad_token_id=0)
             for d, row in zip(dialogues, out[:, width:].tolist()):
                 d += row
-    benchmark.pedantic(run, setup=lambda: ((rollout_window(3),), {}), rounds=1, warmup_rounds=0)
-    benchmark.extra_info["generated_tokens"] = G * R_TURNS * R_GEN
+    benchmark.pedantic(run, setup=lambda: ((rollout_window(3, turns),), {}), rounds=1, warmup_rounds=0)
+    benchmark.extra_info["generated_tokens"] = G * turns * gen

@@ -17,7 +17,7 @@ except Exception:  # noqa: BLE001 - extension not built: F.linear everywhere
 
 _LINEAR = getattr(_C, "linear_small_cpu", None)
 AVAILABLE = _LINEAR is not None
-MAX_ROWS = 16       # larger M is compute-bound, where torch's GEMM blocks better (crossover measured)
+MAX_ROWS = 64
 _DTYPES = (torch.float32, torch.bfloat16)
 
 

@@ -65,7 +65,7 @@ class Engine:
     def __init__(self, model, tokenizer=None, *, block_size: int = 16, num_blocks: int | None = None,
                  cache_memory: int | float | None = None, placeholder_token_id: int | None = None,
                  max_cache_tokens: int | None = None, max_num_batched_tokens: int = 2048,
-                 max_num_seqs: int = 256):
+                 max_num_seqs: int = 256, cuda_graphs: bool | None = None):
         config = model.config
         param = next(model.parameters())
         if num_blocks is None:
@@ -74,7 +74,7 @@ class Engine:
         self.placeholder_token_id = placeholder_token_id
         self.pool = BlockPool(num_blocks, block_size)
         self.kv = KVCache(config, num_blocks, block_size, param.dtype, param.device)
-        self.runner = ModelRunner(model, self.pool, self.kv)
+        self.runner = ModelRunner(model, self.pool, self.kv, cuda_graphs, graph_max_batch=min(max_num_seqs, 128))
         if max_cache_tokens is not None and not 0 < max_cache_tokens < config.max_position_embeddings:
             raise ValueError(f"max_cache_tokens must be in (0, {config.max_position_embeddings}), got {max_cache_tokens}")
         self.scheduler = Scheduler(self.runner, SchedulerConfig(max_num_batched_tokens, max_num_seqs,
@@ -88,7 +88,8 @@ class Engine:
     def from_pretrained(cls, path, device="cpu", dtype=torch.float32, **options) -> "Engine":
         """Open a Hugging Face model folder (config.json + safetensors [+ tokenizer files]).
         `options`: block_size, num_blocks or cache_memory, placeholder_token_id, max_cache_tokens,
-        max_num_batched_tokens, max_num_seqs."""
+        max_num_batched_tokens, max_num_seqs, cuda_graphs (None: decode steps replay CUDA graphs on a
+        CUDA device; False: eager)."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model folder {path} does not exist")

@@ -5,7 +5,8 @@ copy on write, new blocks), or answers False with nothing taken. `preempt` takes
 a sequence: its cached tokens go back to pending (recompute), or, for a cache that eviction rewrote,
 its K/V go to host memory (`swap_in` restores them). `run` packs ids / embeddings /
 positions / slots of a scheduled batch into one forward through the paged cache and returns the
-logits of each sequence's last computed token.
+logits of each sequence's last computed token; a step of decodes only replays a CUDA graph
+(runtime/cuda_graphs.py) when the runner has them.
 """
 import torch
 
@@ -13,13 +14,22 @@ from hpo_engine.cache.block_pool import BlockPool, chain_hash
 from hpo_engine.cache.kv_cache import KVCache
 from hpo_engine.kernels import store_kv
 from hpo_engine.models.decoder import CausalLM, PagedBatch
+from hpo_engine.runtime.cuda_graphs import DecodeGraphs
 from hpo_engine.runtime.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, pool: BlockPool, kv: KVCache):
+    def __init__(self, model: CausalLM, pool: BlockPool, kv: KVCache, cuda_graphs: bool | None = None,
+                 graph_max_batch: int = 128):
+        """`cuda_graphs`: None = on for a CUDA model; True on CPU runs the graphs' padded static-buffer
+        forward eagerly (tests)."""
         self.model, self.pool, self.kv = model, pool, kv
         self.device = model.inv_freq.device
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        max_blocks = min(pool.num_blocks, -(-model.config.max_position_embeddings // pool.block_size))
+        self.graphs = DecodeGraphs(model, kv.layers, graph_max_batch, max_blocks,
+                                   capture=self.device.type == "cuda") if cuda_graphs else None
 
     # -- cache slots ------------------------------------------------------------------------------
     def adopt_cached_prefix(self, seq: Sequence, limit: int | None = None) -> None:
@@ -123,19 +133,22 @@ class ModelRunner:
             slots.append(table[logical // bs].long() * bs + logical % bs)
             tables.append(table)
         block_table = torch.nn.utils.rnn.pad_sequence(tables, batch_first=True)
+        seq_lens = torch.tensor([s.num_cached + n for s, n in batch], dtype=torch.int32)
+        for seq, n in batch:
+            embeds += self.commit(seq, n)
+        if self.graphs is not None and not embeds and len(ids) == len(batch) <= self.graphs.max_batch:
+            return self.graphs.run(torch.tensor(ids), torch.cat(positions), torch.cat(slots), block_table, seq_lens)
         q_lens = torch.tensor([n for _, n in batch])
         cu = torch.zeros(len(batch) + 1, dtype=torch.int32)
         cu[1:] = q_lens.cumsum(0)
         paged = PagedBatch(
             slot_mapping=torch.cat(slots).to(dev),
             block_table=block_table.to(dev),
-            seq_lens=torch.tensor([s.num_cached + n for s, n in batch], dtype=torch.int32).to(dev),
+            seq_lens=seq_lens.to(dev),
             cu_seqlens_q=cu.to(dev),
             kv_caches=self.kv.layers,
         )
         input_ids = torch.tensor(ids, device=dev)
-        for seq, n in batch:
-            embeds += self.commit(seq, n)
         mask = torch.tensor(is_speech, device=dev) if embeds else None
         x = self.model.embed(input_ids, torch.cat(embeds).to(dev) if embeds else None, mask)
         hidden = self.model(x, torch.cat(positions).to(dev), paged=paged)
