@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from hpo_engine.kernels import cpu_linear
-from hpo_engine.kernels.cpu_linear import MAX_ROWS, linear, supports_linear
+from hpo_engine.kernels.cpu_linear import linear, supports_linear
+
+MAX_ROWS = 16
 
 pytestmark = pytest.mark.skipif(not cpu_linear.AVAILABLE, reason="hpo_engine._C not built")
 
@@ -29,6 +31,12 @@ def _check_close(y, x, w, b):
 
 
 ODD = list(itertools.product([1, 2, 3, 5, 8, 13, 16], [1, 3, 4, 7, 66], [1, 15, 16, 17, 50]))
+
+
+@pytest.fixture(autouse=True)
+def all_sizes(monkeypatch):
+    """Every case through the kernel, whatever the per-dtype crossover (tests below set their own)."""
+    monkeypatch.setattr(cpu_linear, "MAX_ROWS", {torch.float32: 16, torch.bfloat16: 16})
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
