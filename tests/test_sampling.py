@@ -45,6 +45,47 @@ def test_sampled_tokens_and_logprobs_match_reference():
             assert abs(lp - math.log(dist[tok])) < 1e-4
 
 
+def test_shared_top_k_sorts_only_k_and_matches_reference():
+    """Rows sharing a top-k take the narrow path (topk, then sort k); a greedy row rides along with
+    its full-vocabulary logprob. Tokens and logprobs as the reference, whatever the batch around."""
+    torch.manual_seed(2)
+    V = 203
+    params = [SamplingParams(temperature=0.9, top_k=7), SamplingParams(temperature=1.3, top_k=7, top_p=0.7),
+              SamplingParams(temperature=0.0), SamplingParams(temperature=0.6, top_k=7, banned_token_ids=[4])]
+    for trial in range(20):
+        logits = torch.randn(len(params), V) * 2
+        gens = [torch.Generator().manual_seed(trial * 10 + i) for i in range(len(params))]
+        tokens, logprobs = sample(logits, params, gens)
+        for i, p in enumerate(params):
+            tok, lp = int(tokens[i]), float(logprobs[i])
+            if p.temperature == 0:
+                assert tok == int(logits[i].argmax()) and abs(lp - float(logits[i].log_softmax(-1)[tok])) < 1e-5
+                continue
+            dist = kept_distribution(logits[i], p)
+            assert tok in dist and abs(lp - math.log(dist[tok])) < 1e-4
+            alone = sample(logits[i:i + 1], [p], [torch.Generator().manual_seed(trial * 10 + i)])
+            assert int(alone[0][0]) == tok and float(alone[1][0]) == lp     # batch invariant
+
+
+def test_narrow_top_k_with_ties_is_a_valid_top_k():
+    """Logits with many ties (as bf16 gives): the kept set is k tokens none of which is less likely
+    than a cut one; the sampled token's logprob is that of the kept set."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randint(0, 4, (3, 50), generator=g).float()
+    p = SamplingParams(temperature=1.0, top_k=9)
+    seen = set()
+    for trial in range(300):
+        tokens, logprobs = sample(logits, [p] * 3, [torch.Generator().manual_seed(trial * 3 + i) for i in range(3)])
+        for i in range(3):
+            tok, lp = int(tokens[i]), float(logprobs[i])
+            ninth = logits[i].sort(descending=True).values[8]
+            assert logits[i, tok] >= ninth
+            kept_mass = logits[i].sort(descending=True).values[:9].exp().sum()
+            assert abs(lp - float(logits[i, tok] - kept_mass.log())) < 1e-5
+            seen.add((i, tok))
+    assert len(seen) > 3 * 5        # it does sample across the kept tokens
+
+
 def test_sampling_frequencies_follow_the_distribution():
     torch.manual_seed(1)
     logits = torch.randn(1, 6)

@@ -55,25 +55,38 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     greedy = temperature == 0
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
 
-    # top-k and top-p on the sorted distribution; rows without a cut keep every id.
-    top_k = torch.tensor([p.top_k if p.top_k > 0 else V for p in params], device=logits.device)
+    # top-k and top-p on the sorted distribution; rows without a cut keep every id. Ties rank by token
+    # id (a stable sort). When every sampled row has the same top-k (RL groups do), only the k largest
+    # logits are sorted: a full sort of the vocabulary was most of a decode step's sampling time; then
+    # torch.topk picks among logits tied at the k-th rank (a valid top-k, decided by the row alone).
+    top_k = torch.tensor([p.top_k if p.top_k > 0 else V for p in params], device=logits.device).clamp_(max=V)
     top_p = torch.tensor([p.top_p for p in params], device=logits.device)
-    sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)
-    rank = torch.arange(V, device=logits.device)[None, :]
-    sorted_probs = sorted_logits.softmax(-1)
+    sampled_k = top_k[~greedy].unique()
+    width = int(sampled_k) if len(sampled_k) == 1 else V
+    if width < V:
+        values, ids = scaled.topk(width, dim=-1, sorted=False)
+        ids, by_id = ids.sort(dim=-1)
+        sorted_logits, rank_order = values.gather(1, by_id).sort(dim=-1, descending=True, stable=True)
+        order = ids.gather(1, rank_order)
+    else:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)
+    rank = torch.arange(width, device=logits.device)[None, :]
+    full_lse = scaled.logsumexp(-1, keepdim=True)
+    sorted_probs = (sorted_logits - full_lse).exp()     # of the whole distribution
     mass_before = sorted_probs.cumsum(-1) - sorted_probs
     cut = (rank >= top_k[:, None]) | (mass_before >= top_p[:, None])
     cut[:, 0] = False                                   # the most likely token always survives
     cut &= ~greedy[:, None]                             # greedy rows: unscaled, uncut distribution
     sorted_logits = sorted_logits.masked_fill(cut, float("-inf"))
-    logprobs_sorted = sorted_logits.log_softmax(-1)
+    kept_lse = torch.where(greedy[:, None], full_lse, sorted_logits.logsumexp(-1, keepdim=True))
+    logprobs_sorted = sorted_logits - kept_lse
 
-    # Exponential race (Gumbel-max): argmax p / E with E ~ Exp(1), one generator per stream.
-    noise = torch.empty_like(logprobs_sorted)
+    # Exponential race (Gumbel-max): argmax p / E with E ~ Exp(1), one generator per stream. A row
+    # draws its own top-k (else V) numbers, so what it samples never depends on the rest of the batch.
+    noise = torch.ones_like(logprobs_sorted)
     for i, g in enumerate(generators):
         if not greedy[i]:
-            noise[i].exponential_(generator=g)
-    noise[greedy] = 1.0
+            noise[i, :int(top_k[i])].exponential_(generator=g)
     pick = (logprobs_sorted.exp() / noise).argmax(-1)
     pick = torch.where(greedy, 0, pick)
     tokens = order.gather(1, pick[:, None]).squeeze(1)
