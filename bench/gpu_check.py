@@ -191,6 +191,8 @@ def check_engine_graphs(torch, pkg, device, dry, results):
                 torch.cuda.synchronize()
             ms = (time.perf_counter() - t0) * 1e3 / new_tokens
             outputs[mode, batch] = outs
+            if graphs and device == "cuda" and not engine.runner.graphs.graphs:
+                raise RuntimeError("the engine fell back to eager decoding: CUDA graph capture failed (see warnings)")
             rows.append(dict(mode=mode, batch=batch, ms_per_decode_step=ms))
             for s in streams:
                 s.close()
@@ -201,7 +203,8 @@ def check_engine_graphs(torch, pkg, device, dry, results):
             worst = max([worst] + [abs(x - y) for x, y in zip(a.logprobs[:same], b.logprobs[:same])])
             ok &= same >= len(a.token_ids) // 2       # near-ties may flip late in fp32 (different KV splits)
     ok &= worst < 1e-3
-    results["engine_graphs"] = dict(ok=ok, worst_logprob_diff=worst, steps=rows)
+    results["engine_graphs"] = dict(ok=ok, worst_logprob_diff=worst, steps=rows,
+                                    captured_sizes=sorted(engine.runner.graphs.graphs))
     return ok
 
 

@@ -86,6 +86,22 @@ def test_padding_rows_do_not_touch_real_rows(tiny):
         graphs.run(ids, pos, slots, torch.zeros(3, 5, dtype=torch.int32), lens)
 
 
+def test_failed_capture_warns_and_decodes_eagerly(tiny):
+    """Capturing on a machine without CUDA fails: the step warns once, then runs the eager path."""
+    from hpo_engine.models.loader import load_model
+    model = load_model(tiny)
+    kv = [(torch.randn(3, 8, 2, model.config.head_dim), torch.randn(3, 8, 2, model.config.head_dim))
+          for _ in range(model.config.num_layers)]
+    args = (torch.tensor([5]), torch.tensor([4]), torch.tensor([8 + 4]), torch.tensor([[1]], dtype=torch.int32),
+            torch.tensor([5], dtype=torch.int32))
+    eager = DecodeGraphs(model, kv, max_batch=2, max_blocks_per_seq=2, capture=False).run(*args).clone()
+    graphs = DecodeGraphs(model, kv, max_batch=2, max_blocks_per_seq=2, capture=True)
+    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+        first = graphs.run(*args).clone()
+    assert not graphs.capture and not graphs.graphs
+    assert torch.equal(first, eager) and torch.equal(graphs.run(*args), eager)
+
+
 def test_hook_signature_sees_a_lora(tiny):
     """A LoRA attached after capture changes the signature, which makes `run` capture again."""
     from hpo_engine.models.loader import load_model

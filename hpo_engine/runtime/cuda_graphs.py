@@ -14,8 +14,11 @@ capture, and `LoRA.disabled()` is not seen by a replay (the trainer's KL referen
 full-mode forward, not the engine).
 
 `DecodeGraphs(..., capture=False)` runs the same padded static-buffer forward eagerly: CPU tests check
-it against the unpadded forward; bench/gpu_check.py checks the replay on a GPU.
+it against the unpadded forward; bench/gpu_check.py checks the replay on a GPU. A capture that fails
+warns and leaves the steps eager.
 """
+import warnings
+
 import torch
 
 from hpo_engine.models.decoder import CausalLM, PagedBatch
@@ -97,7 +100,11 @@ class DecodeGraphs:
                              f"blocks, got {n} x {w}")
         b = next(s for s in self.sizes if s >= n)
         if self.capture and (not self.graphs or self.signature != hook_signature(self.model)):
-            self.capture_all()
+            try:
+                self.capture_all()
+            except Exception as e:  # noqa: BLE001 - a capture failure must not stop the stream: go eager
+                warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); decode steps run eagerly")
+                self.capture, self.graphs = False, {}
         self.input_ids[:n].copy_(input_ids, non_blocking=True)
         self.positions[:n].copy_(positions, non_blocking=True)
         self.slot_mapping[:n].copy_(slot_mapping, non_blocking=True)
