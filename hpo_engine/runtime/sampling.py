@@ -55,19 +55,16 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     greedy = temperature == 0
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
 
-    # top-k and top-p on the sorted distribution; rows without a cut keep every id. Ties rank by token
-    # id (a stable sort). When every sampled row has the same top-k (RL groups do), only the k largest
-    # logits are sorted: a full sort of the vocabulary was most of a decode step's sampling time; then
-    # torch.topk picks among logits tied at the k-th rank (a valid top-k, decided by the row alone).
+    # top-k and top-p on the sorted distribution; rows without a cut keep every id. When every sampled
+    # row has the same top-k (RL groups do), torch.topk gives the k largest logits in order: a full
+    # sort of the vocabulary was most of a decode step's sampling time. Ties then rank as topk puts
+    # them (a valid top-k, decided by the row alone); else by token id (a stable full sort).
     top_k = torch.tensor([p.top_k if p.top_k > 0 else V for p in params], device=logits.device).clamp_(max=V)
     top_p = torch.tensor([p.top_p for p in params], device=logits.device)
     sampled_k = top_k[~greedy].unique()
     width = int(sampled_k) if len(sampled_k) == 1 else V
     if width < V:
-        values, ids = scaled.topk(width, dim=-1, sorted=False)
-        ids, by_id = ids.sort(dim=-1)
-        sorted_logits, rank_order = values.gather(1, by_id).sort(dim=-1, descending=True, stable=True)
-        order = ids.gather(1, rank_order)
+        sorted_logits, order = scaled.topk(width, dim=-1)
     else:
         sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)
     rank = torch.arange(width, device=logits.device)[None, :]
