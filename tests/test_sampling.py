@@ -22,6 +22,22 @@ def kept_distribution(logits, p: SamplingParams):
     return {t: probs[t].item() / total for t in kept}
 
 
+def check_rows(logits, params, tokens, logprobs):
+    """Greedy rows: the argmax of the unbanned logits with its unscaled logprob; sampled rows: a token
+    of the reference's kept set with its logprob there."""
+    for i, p in enumerate(params):
+        tok, lp = int(tokens[i]), float(logprobs[i])
+        if p.temperature == 0:
+            masked = logits[i].clone()
+            masked[p.banned_token_ids] = -math.inf
+            assert tok == int(masked.argmax())
+            assert abs(lp - float(masked.log_softmax(-1)[tok])) < 1e-5
+            continue
+        dist = kept_distribution(logits[i], p)
+        assert tok in dist, f"row {i}: token {tok} outside the top-k/top-p set"
+        assert abs(lp - math.log(dist[tok])) < 1e-4
+
+
 def test_sampled_tokens_and_logprobs_match_reference():
     torch.manual_seed(0)
     V = 97
@@ -31,22 +47,11 @@ def test_sampled_tokens_and_logprobs_match_reference():
     for trial in range(20):
         logits = torch.randn(len(params), V) * 3
         gens = [torch.Generator().manual_seed(trial * 10 + i) for i in range(len(params))]
-        tokens, logprobs = sample(logits, params, gens)
-        for i, p in enumerate(params):
-            tok, lp = int(tokens[i]), float(logprobs[i])
-            if p.temperature == 0:
-                masked = logits[i].clone()
-                masked[p.banned_token_ids] = -math.inf
-                assert tok == int(masked.argmax())
-                assert abs(lp - float(masked.log_softmax(-1)[tok])) < 1e-5
-                continue
-            dist = kept_distribution(logits[i], p)
-            assert tok in dist, f"row {i}: token {tok} outside the top-k/top-p set"
-            assert abs(lp - math.log(dist[tok])) < 1e-4
+        check_rows(logits, params, *sample(logits, params, gens))
 
 
 def test_shared_top_k_sorts_only_k_and_matches_reference():
-    """Rows sharing a top-k take the narrow path (topk, then sort k); a greedy row rides along with
+    """Rows sharing a top-k take the narrow path (torch.topk of k); a greedy row rides along with
     its full-vocabulary logprob. Tokens and logprobs as the reference, whatever the batch around."""
     torch.manual_seed(2)
     V = 203
@@ -56,15 +61,11 @@ def test_shared_top_k_sorts_only_k_and_matches_reference():
         logits = torch.randn(len(params), V) * 2
         gens = [torch.Generator().manual_seed(trial * 10 + i) for i in range(len(params))]
         tokens, logprobs = sample(logits, params, gens)
-        for i, p in enumerate(params):
-            tok, lp = int(tokens[i]), float(logprobs[i])
-            if p.temperature == 0:
-                assert tok == int(logits[i].argmax()) and abs(lp - float(logits[i].log_softmax(-1)[tok])) < 1e-5
-                continue
-            dist = kept_distribution(logits[i], p)
-            assert tok in dist and abs(lp - math.log(dist[tok])) < 1e-4
-            alone = sample(logits[i:i + 1], [p], [torch.Generator().manual_seed(trial * 10 + i)])
-            assert int(alone[0][0]) == tok and float(alone[1][0]) == lp     # batch invariant
+        check_rows(logits, params, tokens, logprobs)
+        for i, p in enumerate(params):          # a sampled row alone: the same bits (batch invariance)
+            if p.temperature > 0:
+                alone = sample(logits[i:i + 1], [p], [torch.Generator().manual_seed(trial * 10 + i)])
+                assert int(alone[0][0]) == int(tokens[i]) and float(alone[1][0]) == float(logprobs[i])
 
 
 def test_narrow_top_k_with_ties_is_a_valid_top_k():
