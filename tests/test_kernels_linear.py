@@ -99,14 +99,18 @@ def test_other_inputs_take_f_linear():
     assert torch.allclose(w.grad, x.sum(0).expand(10, 12))
 
 
-def test_decoder_linear_layers_use_it_and_keep_hooks():
+def test_decoder_linear_layers_use_it_and_keep_hooks(monkeypatch):
     """The model's projections are kernels.linear at decode, and forward hooks (LoRA) still run."""
     from hpo_engine.models.decoder import Linear
     layer = Linear(12, 5, bias=True)
-    seen = []
+    seen, calls = [], []
     layer.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    kernel = cpu_linear._LINEAR
+    monkeypatch.setattr(cpu_linear, "_LINEAR", lambda *a: calls.append(a[6]) or kernel(*a))   # a[6]: M
     x = torch.randn(2, 12)
     with torch.inference_mode():
         y = layer(x)
     _check_close(y, x, layer.weight.detach(), layer.bias.detach())
-    assert seen == [(2, 5)]
+    assert seen == [(2, 5)] and calls == [2]
+    layer(x).sum().backward()                                     # training: F.linear, no kernel call
+    assert calls == [2] and layer.weight.grad is not None

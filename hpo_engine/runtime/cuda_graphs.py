@@ -30,14 +30,16 @@ def graph_batch_sizes(max_batch: int) -> list[int]:
     return sorted(set(sizes + [max_batch]))
 
 
-def hook_signature(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+def hook_signature(modules) -> int:
+    """Forward hooks on `modules` (a LoRA adds one per adapted layer): a change means capture again."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
 
 
 class DecodeGraphs:
     def __init__(self, model: CausalLM, kv_caches: list, max_batch: int, max_blocks_per_seq: int,
                  capture: bool = True):
         self.model, self.kv_caches = model, kv_caches
+        self.modules = list(model.modules())      # walked once: the signature is checked every step
         self.sizes = graph_batch_sizes(max_batch)
         self.max_batch = self.sizes[-1]
         self.capture = capture
@@ -64,7 +66,7 @@ class DecodeGraphs:
     def capture_all(self) -> None:
         """Capture every size, largest first so the smaller graphs share its memory pool."""
         self.graphs.clear()
-        self.signature = hook_signature(self.model)
+        self.signature = hook_signature(self.modules)
         self._set_padding(0, self.max_batch)
         V, dtype = self.model.config.vocab_size, self.model.lm_head.weight.dtype
         self.logits = torch.empty(self.max_batch, V, dtype=dtype, device=self.input_ids.device)
@@ -99,7 +101,7 @@ class DecodeGraphs:
             raise ValueError(f"decode graphs take 1..{self.max_batch} sequences of <= {self.block_table.shape[1]} "
                              f"blocks, got {n} x {w}")
         b = next(s for s in self.sizes if s >= n)
-        if self.capture and (not self.graphs or self.signature != hook_signature(self.model)):
+        if self.capture and (not self.graphs or self.signature != hook_signature(self.modules)):
             try:
                 self.capture_all()
             except Exception as e:  # noqa: BLE001 - a capture failure must not stop the stream: go eager
