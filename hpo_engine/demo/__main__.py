@@ -75,6 +75,27 @@ def _stage(stage: str):
     return command
 
 
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--llm", type=click.Path(file_okay=False, exists=True), default=None,
+              help="LLM folder whose tokenizer names the classes (default: the Qwen2.5-0.5B build).")
+@click.option("--epochs", default=12, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
+def bridge(out_dir, llm, epochs, threads):
+    """Train the CTC bridge on OUT's encoder frames -> OUT/bridge; resumes by epoch."""
+    from transformers import AutoTokenizer
+
+    from hpo_engine.assets.qwen25 import qwen25_path
+
+    from .bridge import train_bridge
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    record = train_bridge(out_dir, AutoTokenizer.from_pretrained(llm or qwen25_path()), epochs=epochs)
+    click.echo(f"bridge: epoch {record.get('epoch')}, valid token error rate "
+               f"{record.get('valid_token_error_rate', float('nan')):.3f}")
+
+
 sft = _stage("sft")
 hpo = _stage("hpo")
 
