@@ -1,5 +1,10 @@
-"""Paged KV-cache kernels: `store_kv` and `paged_attention` (contract in DESIGN.md); `linear`, the
+"""Paged KV-cache kernels: `store_kv` and `paged_attention` (contract in docs/DESIGN.md); `linear`, the
 small-batch CPU linear layer of decode steps (cpu_linear.py).
+
+This folder sits at the top of the repository (the project's layout) but is imported as
+`hpo_engine.kernels`: setup.py maps the package name to this folder (`package_dir=
+{"hpo_engine.kernels": "kernels"}`), and the editable install resolves it the same way. Nothing here
+imports the runtime or the models.
 
 Dispatch: CUDA tensors -> Triton; CPU tensors -> the C++ path (csrc/attention_cpu.cpp) where it
 supports the dtype / head_dim, else torch ops (gather + SDPA). `HPO_ATTN_BACKEND=triton|torch|cpp`
@@ -41,7 +46,7 @@ def attention_backend(q, k_cache):
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None):
-    """q [T, Hq, D] packed new tokens -> [T, Hq, D] (see DESIGN.md for the full contract)."""
+    """q [T, Hq, D] packed new tokens -> [T, Hq, D] (see docs/DESIGN.md for the full contract)."""
     if not os.environ.get("HPO_ATTN_BACKEND") and not q.is_cuda and _cpu.supports_attention(q, k_cache):
         # the common CPU call (decode per layer) takes the shortest way
         return _cpu._paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)

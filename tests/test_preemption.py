@@ -131,7 +131,7 @@ def test_idle_stream_with_speech_is_recomputed(tiny):
                 outs.append(b.generate(GREEDY))
                 if num_blocks == small:
                     assert a.num_blocks == 0 and a.stats()["preemptions"] == 1
-                    assert sum(a.seq.pending_is_speech) == 3 and a.seq.num_recompute == cached
+                    assert sum(a.seq.pending.is_speech) == 3 and a.seq.num_recompute == cached
                 assert (a.num_cached_tokens, a.next_position) == (cached, position)
         if num_blocks == small:
             assert a.stats()["recomputed_tokens"] >= cached and engine.stats()["swaps"] == 0

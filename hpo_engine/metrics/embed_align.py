@@ -1,4 +1,4 @@
-"""Embedding segmenter of the HPO reward (PAPER.md's LCME, vecalign-style): split a timed hypothesis
+"""Embedding segmenter of the HPO reward (docs/PAPER.md's LCME, vecalign-style): split a timed hypothesis
 into exactly one contiguous, possibly empty, piece per reference sentence by a monotone DP over
 sentence-embedding costs. Same contract as `reward.mwer_aligned_groups`, so a trainer can switch
 segmenters by name.

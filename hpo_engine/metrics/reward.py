@@ -1,4 +1,4 @@
-"""Pieces of the HPO reward (PAPER.md), as pure functions.
+"""Pieces of the HPO reward (docs/PAPER.md), as pure functions.
 
 Units: words for word languages, characters (whitespace excluded) for zh/ja. Times in seconds.
 """

@@ -20,7 +20,7 @@ from hpo_engine.kernels import linear, paged_attention, store_kv
 
 @dataclass
 class PagedBatch:
-    """Where the packed tokens of one forward live in the paged KV cache (DESIGN.md kernels contract)."""
+    """Where the packed tokens of one forward live in the paged KV cache (docs/DESIGN.md kernels contract)."""
     slot_mapping: torch.Tensor    # [T] int64: cache slot of each new token
     block_table: torch.Tensor     # [B, max_blocks] int32
     seq_lens: torch.Tensor        # [B] int32: KV length per sequence, new tokens included
@@ -154,6 +154,13 @@ class CausalLM(nn.Module):
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def rotate_keys(self, k: torch.Tensor, shift: int) -> torch.Tensor:
+        """Cached keys [N, Hkv, D] roped at positions p -> the same keys roped at p + shift (the KV
+        window slides kept keys down after evicting old turns; computed in float64)."""
+        angle = shift * self.inv_freq.double()
+        emb = torch.cat((angle, angle))[None]
+        return apply_rope(k.double(), emb.cos(), emb.sin()).to(k.dtype)
 
     def forward(self, x, positions, paged: PagedBatch | None = None, cu_seqlens=None):
         """x [T, H] packed input embeddings, positions [T] -> final hidden states [T, H].

@@ -1,6 +1,6 @@
 """Dialogue turns of a window, group rollouts through the runtime, and packed training sequences.
 
-Format (DESIGN.md, ChatML): turn 0 = system instruction + "<|im_start|>user\n" + P placeholders +
+Format (docs/DESIGN.md, ChatML): turn 0 = system instruction + "<|im_start|>user\n" + P placeholders +
 "<|im_end|>\n<|im_start|>assistant\n"; turn k >= 1 = "\n<|im_start|>user\n" + P placeholders + the
 same suffix (the leading "\n" follows the previous answer's <|im_end|>). The k-th placeholder of the
 dialogue takes the k-th speech frame. A sample's training sequence is exactly what the engine saw:
