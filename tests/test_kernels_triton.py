@@ -157,7 +157,7 @@ if not IN_CHILD:
             raise
         cuobjdump = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
         if not cuobjdump.exists():
-            return
+            pytest.skip(f"no cuobjdump in this Triton build ({cuobjdump})")
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(kernel.asm["cubin"])
             f.flush()

