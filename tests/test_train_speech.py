@@ -20,7 +20,9 @@ from hpo_engine.train.config import from_dict
 from hpo_engine.train.data import read_manifest
 from hpo_engine.train.policy import all_assistant_logprobs
 from hpo_engine.train.rollout import rollout
-from hpo_engine.train.trainer import reference_logprobs, setup, train
+from hpo_engine.train.hpo import reference_logprobs
+from hpo_engine.train.run import setup
+from hpo_engine.train.trainer import train
 
 D_ENC, HIDDEN, CHUNK_MS, P = 32, 64, 160, 2      # 2 embeddings of 4 frames (80 ms) per 160 ms chunk
 
