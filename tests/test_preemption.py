@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hpo_engine import Engine, OutOfBlocks, SamplingParams
+from hpo_engine.train.rollout import group_rollouts
 from tests.conftest import make_tiny_model
 
 PH = 299
@@ -98,7 +99,7 @@ def test_forks_under_preemption(tiny):
     results = {}
     for num_blocks in (512, one + 2):
         engine = engine_of(folder, num_blocks)
-        results[num_blocks] = engine.rollout_group(turns[0], turns[1:], group_size=4, params=params)
+        results[num_blocks] = group_rollouts(engine, [(turns[0], turns[1:])], 4, params)
         assert engine.pool.num_used == 0 and engine.pool.num_free == num_blocks and engine.pool.num_shared == 0
         if num_blocks < 512:
             assert engine.stats()["preemptions"] > 0

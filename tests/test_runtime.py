@@ -4,6 +4,7 @@ import torch
 
 from hpo_engine import Engine, SamplingParams
 from hpo_engine.models.decoder import PagedBatch
+from hpo_engine.train.rollout import group_rollouts
 from tests.conftest import make_tiny_model
 
 PH = 299
@@ -137,7 +138,7 @@ def test_group_rollout_is_asynchronous_and_matches_single_dialogues(tiny):
     turns = dialogue_turns(3, 5, hf.config.hidden_size)
     params = SamplingParams(max_new_tokens=5, temperature=1.0, top_k=50, seed=100, stop_token_ids=[1])
     engine = Engine.from_pretrained(folder, num_blocks=128, placeholder_token_id=PH)
-    group = engine.rollout_group(turns[0], turns[1:], group_size=4, params=params)
+    group = group_rollouts(engine, [(turns[0], turns[1:])], 4, params)
     assert engine.pool.num_used == 0 and not engine.streams
     assert len({tuple(d.token_ids) for d in group}) > 1          # different seeds, different samples
     for g, dialogue in enumerate(group):
@@ -154,7 +155,7 @@ def test_greedy_group_rollout_equals_sequential_dialogue(tiny):
     turns = dialogue_turns(4, 4, hf.config.hidden_size)
     greedy = SamplingParams(max_new_tokens=4, stop_token_ids=[1])
     engine = Engine.from_pretrained(folder, num_blocks=128, placeholder_token_id=PH)
-    group = engine.rollout_group(turns[0], turns[1:], group_size=3, params=greedy)
+    group = group_rollouts(engine, [(turns[0], turns[1:])], 3, greedy)
     alone = run_alone(folder, turns, greedy)
     for dialogue in group:
         assert [t.token_ids for t in dialogue.turns] == [o.token_ids for o in alone]

@@ -7,7 +7,7 @@ pending and is computed with the next turn.
 """
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -218,24 +218,6 @@ class Engine:
     def reset_prefix_cache(self) -> None:
         """Forget cached prefixes (after a weight update the old K/V no longer match the model)."""
         self.pool.reset_prefix_cache()
-
-    def rollout_group(self, first_turn, later_turns, group_size: int, params: SamplingParams):
-        """GRPO-style group: the first turn computed once, then `group_size` forks sharing its blocks
-        run all turns asynchronously, sample g seeded with params.seed + g (when a seed is given).
-        Returns one DialogueOutput per sample; every stream is closed afterwards."""
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {group_size}")
-        samples = [self.open_stream()]
-        try:
-            samples[0].append(*first_turn)
-            samples[0].prefill()
-            samples += [samples[0].fork() for _ in range(group_size - 1)]
-            jobs = [(s, list(later_turns), replace(params, seed=None if params.seed is None else params.seed + g))
-                    for g, s in enumerate(samples)]
-            return self.generate_dialogues(jobs)
-        finally:
-            for s in samples:
-                s.close()
 
 
 class Stream:
