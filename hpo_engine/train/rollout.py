@@ -1,9 +1,7 @@
 """Dialogue turns of a window, group rollouts through the runtime, and packed training sequences.
 
-Format (docs/DESIGN.md, ChatML): turn 0 = system instruction + "<|im_start|>user\n" + P placeholders +
-"<|im_end|>\n<|im_start|>assistant\n"; turn k >= 1 = "\n<|im_start|>user\n" + P placeholders + the
-same suffix (the leading "\n" follows the previous answer's <|im_end|>). The k-th placeholder of the
-dialogue takes the k-th speech frame. A sample's training sequence is exactly what the engine saw:
+Format: hpo_engine/chat_template.py (ChatML) with P placeholders as each user turn's content, or an
+SST checkpoint's own template. The k-th placeholder of the dialogue takes the k-th speech frame. A sample's training sequence is exactly what the engine saw:
 turn 0, answer 0, turn 1, answer 1, ... with positions 0..T-1, so the trainer's forward recomputes
 the sampler's logprobs.
 """
@@ -13,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from hpo_engine import chat_template
 from hpo_engine.runtime.sampling import SamplingParams
 from hpo_engine.train.data import Window
 
@@ -44,11 +43,12 @@ class DialogueFormat:
             return tid
 
         first = d.first_prefix_ids if d.first_prefix_ids is not None else \
-            ids(f"<|im_start|>system\n{d.instruction}<|im_end|>\n<|im_start|>user\n")
-        prefix = d.turn_prefix_ids if d.turn_prefix_ids is not None else ids("\n<|im_start|>user\n")
-        suffix = d.turn_suffix_ids if d.turn_suffix_ids is not None else ids("<|im_end|>\n<|im_start|>assistant\n")
-        placeholder = d.placeholder_token_id if d.placeholder_token_id is not None else special("<|video_pad|>")
-        stop = d.stop_token_id if d.stop_token_id is not None else special("<|im_end|>")
+            ids(chat_template.SYSTEM.format(instruction=d.instruction) + chat_template.USER_PREFIX)
+        prefix = d.turn_prefix_ids if d.turn_prefix_ids is not None else ids(chat_template.NEXT_USER_PREFIX)
+        suffix = d.turn_suffix_ids if d.turn_suffix_ids is not None else ids(chat_template.USER_SUFFIX)
+        placeholder = d.placeholder_token_id if d.placeholder_token_id is not None else \
+            special(chat_template.SPEECH_PLACEHOLDER)
+        stop = d.stop_token_id if d.stop_token_id is not None else special(chat_template.STOP)
         if d.banned_token_ids is not None:
             banned = list(d.banned_token_ids)
         else:  # HPO: every id above <|im_end|> and the newline tokens
