@@ -26,6 +26,8 @@ class PagedBatch:
     seq_lens: torch.Tensor        # [B] int32: KV length per sequence, new tokens included
     cu_seqlens_q: torch.Tensor    # [B+1] int32: new-token offsets
     kv_caches: list               # per layer (k_cache, v_cache), each [num_blocks, block_size, Hkv, D]
+    backends: tuple[str | None, str | None] = (None, None)   # (attention, store_kv) chosen once per
+                                  # engine (hpo_engine.kernels); None: each call decides
 
 
 class Linear(nn.Linear):
@@ -92,9 +94,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if paged is not None:
             k_cache, v_cache = kv_cache
-            store_kv(k, v, k_cache, v_cache, paged.slot_mapping)
+            attention_backend, store_backend = paged.backends
+            store_kv(k, v, k_cache, v_cache, paged.slot_mapping, backend=store_backend)
             o = paged_attention(q, k_cache, v_cache, paged.block_table, paged.seq_lens,
-                                paged.cu_seqlens_q, scale=self.scale)
+                                paged.cu_seqlens_q, scale=self.scale, backend=attention_backend)
         else:
             o = causal_varlen_attention(q, k, v, cu_seqlens, self.scale)
         return self.o_proj(o.reshape(T, -1))

@@ -8,11 +8,22 @@ computed tokens afterwards.
 """
 import torch
 
+from hpo_engine import kernels
 from hpo_engine.cache.block_manager import slot_mapping
 from hpo_engine.cache.kv_cache import KVCache
 from hpo_engine.models.decoder import CausalLM, PagedBatch
 from hpo_engine.runtime.cuda_graphs import DecodeGraphs
 from hpo_engine.runtime.sequence import Sequence
+
+
+def kernel_backends(model: CausalLM, kv: KVCache) -> tuple[str, str]:
+    """(attention, store_kv) backends for this model's queries and this cache, chosen once (the
+    environment's HPO_ATTN_BACKEND is read here, not at every layer call)."""
+    c = model.config
+    k_cache, v_cache = kv.layers[0]
+    q = torch.empty(1, c.num_heads, c.head_dim, dtype=k_cache.dtype, device=k_cache.device)
+    key = torch.empty(1, c.num_kv_heads, c.head_dim, dtype=k_cache.dtype, device=k_cache.device)
+    return kernels.attention_backend(q, k_cache), kernels.store_backend(key, k_cache, v_cache)
 
 
 class ModelRunner:
@@ -25,9 +36,10 @@ class ModelRunner:
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
         num_blocks = kv.layers[0][0].shape[0]
+        self.backends = kernel_backends(model, kv)
         max_blocks = min(num_blocks, -(-model.config.max_position_embeddings // block_size))
-        self.graphs = DecodeGraphs(model, kv.layers, graph_max_batch, max_blocks,
-                                   capture=self.device.type == "cuda") if cuda_graphs else None
+        self.graphs = DecodeGraphs(model, kv.layers, graph_max_batch, max_blocks, capture=self.device.type == "cuda",
+                                   backends=self.backends) if cuda_graphs else None
 
     # -- forward ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -55,6 +67,7 @@ class ModelRunner:
             seq_lens=seq_lens.to(dev),
             cu_seqlens_q=cu.to(dev),
             kv_caches=self.kv.layers,
+            backends=self.backends,
         )
         input_ids = torch.tensor(ids, device=dev)
         mask = torch.tensor(is_speech, device=dev) if embeds else None
