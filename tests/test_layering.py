@@ -31,8 +31,9 @@ def modules():
         yield ".".join(parts[:-1] if parts[-1] == "__init__" else parts), path
 
 
-def imported(module: str, path: Path) -> set[str]:
-    """Absolute names of every module `module` imports (anywhere in the file, lazy imports included)."""
+def imported(module: str, path: Path, modules_only: bool = False) -> set[str]:
+    """Absolute names of every module `module` imports (anywhere in the file, lazy imports included);
+    `from M import x` gives M and M.x (x may be a module), or only M with `modules_only`."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -46,7 +47,8 @@ def imported(module: str, path: Path) -> set[str]:
             else:
                 prefix = node.module
             names.add(prefix)
-            names.update(f"{prefix}.{alias.name}" for alias in node.names)
+            if not modules_only:
+                names.update(f"{prefix}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -73,6 +75,18 @@ def test_the_walk_sees_relative_and_lazy_imports():
     """The checker itself: relative imports resolve, and imports inside functions count."""
     names = imported("hpo_engine.kernels", ROOT / "kernels" / "__init__.py")
     assert "hpo_engine.kernels.cpu_linear" in names and "hpo_engine.kernels.triton_paged_attention" in names
+
+
+def test_every_internal_import_names_a_module_of_the_tree():
+    """A moved or renamed module leaves no import behind, in the package, the tests or the benchmarks
+    (lazy ones inside functions included)."""
+    known = {name for name, _ in modules()} | {"hpo_engine._C"}
+    files = list(modules()) + [(f"{p.parent.name}.{p.stem}", p) for folder in ("tests", "bench")
+                               for p in sorted((ROOT / folder).glob("*.py"))]
+    stale = [f"{path.relative_to(ROOT)} imports {name}" for module, path in files
+             for name in imported(module, path, modules_only=True)
+             if inside(name, "hpo_engine") and name not in known]
+    assert not stale, "\n".join(stale)
 
 
 def test_functions_in_runtime_and_cache_are_short():
