@@ -15,6 +15,8 @@ import torch
 from hpo_engine.kernels.reference import paged_attention_ref, store_kv_ref
 from test_kernels_helpers import MIXED, paged_batch, rel_err, tolerance
 
+pytestmark = pytest.mark.slow          # make test-fast leaves these out
+
 pytest.importorskip("triton")
 IN_CHILD = os.environ.get("_HPO_TRITON_CHILD") == "1"
 

@@ -59,6 +59,7 @@ def test_batch_invariance_and_chunked_prefill(tiny, budget):
             assert out.logprobs == pytest.approx(ref.logprobs, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_ten_thousand_turns_stay_bounded(tiny):
     folder, hf = tiny
     engine = Engine.from_pretrained(folder, num_blocks=64, placeholder_token_id=PH, max_cache_tokens=200)

@@ -16,6 +16,8 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from test_server_helpers import auth, run, start_server, stream_session
 from test_sst_helpers import SENTENCES, default_is_trained, espeak_pcm16
 
+pytestmark = pytest.mark.slow          # make test-fast leaves these out
+
 CHUNK_MS = 1120
 MAX_MESSAGE = 65536
 MAX_BUFFERED_MS = 1120
