@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := espeak-ng chromium trans-de-en flite   # speech (server tests, demo data); the page test's headless browser; the demo data's EN-DE pairs and flite voices
 
-.PHONY: install run generate test bench model apt clean
+.PHONY: install run generate test test-fast bench model apt clean
 
 install: $(STAMP) model
 
@@ -38,6 +38,9 @@ generate: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+test-fast: install          # under a minute: the tests marked slow (servers, training runs, speech builds) left out
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install
 	$(PY) -m pytest -q bench --benchmark-only --benchmark-columns=median,iqr,rounds

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hpo_engine import Engine, SamplingParams
+from hpo_engine.train.rollout import group_rollouts
 
 TURN_USER = 14 + 9          # 14 placeholders + "<|im_end|>\n<|im_start|>user\n ... assistant\n"
 GEN = 40
@@ -171,7 +172,7 @@ def test_rollouts_hpo_engine(benchmark, engine, size):
                             stop_token_ids=[])
 
     def run(window):
-        outs = engine.rollout_group((window[0], None), [(t, None) for t in window[1:]], G, params)
+        outs = group_rollouts(engine, [((window[0], None), [(t, None) for t in window[1:]])], G, params)
         assert sum(len(o.token_ids) for o in outs) == G * turns * gen
     benchmark.pedantic(run, setup=lambda: ((rollout_window(3, turns),), {}), rounds=2, warmup_rounds=0)
     benchmark.extra_info["generated_tokens"] = G * turns * gen

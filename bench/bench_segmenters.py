@@ -13,7 +13,7 @@ import torch
 
 from hpo_engine.demo.pairs import DING_PATH, load_pairs
 from hpo_engine.metrics.embed_align import MiniLMEmbedder, embedding_aligned_groups
-from hpo_engine.metrics.reward import mwer_aligned_groups, units_with_delays
+from hpo_engine.metrics.segment_latency import mwer_aligned_groups, units_with_delays
 
 pytestmark = pytest.mark.skipif(not DING_PATH.is_file(), reason="apt-get install -y trans-de-en")
 

@@ -15,11 +15,9 @@ def resolve_model(path):
 
 
 def chatml_turn(tokenizer, text, system=None):
-    """Token ids of one ChatML user turn (the system turn first when given) and the assistant header.
-    The previous assistant turn's <|im_end|> is already in the dialogue, hence the leading newline."""
-    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else "\n"
-    return tokenizer.encode(f"{head}<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n",
-                            add_special_tokens=False)
+    """Token ids of one ChatML user turn (the system turn first when given) and the assistant header."""
+    from hpo_engine.chat_template import user_turn_text
+    return tokenizer.encode(user_turn_text(text, system), add_special_tokens=False)
 
 
 @click.group()

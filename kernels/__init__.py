@@ -1,10 +1,17 @@
-"""Paged KV-cache kernels: `store_kv` and `paged_attention` (contract in DESIGN.md); `linear`, the
+"""Paged KV-cache kernels: `store_kv` and `paged_attention` (contract in docs/DESIGN.md); `linear`, the
 small-batch CPU linear layer of decode steps (cpu_linear.py).
+
+This folder sits at the top of the repository (the project's layout) but is imported as
+`hpo_engine.kernels`: setup.py maps the package name to this folder (`package_dir=
+{"hpo_engine.kernels": "kernels"}`), and the editable install resolves it the same way. Nothing here
+imports the runtime or the models.
 
 Dispatch: CUDA tensors -> Triton; CPU tensors -> the C++ path (csrc/attention_cpu.cpp) where it
 supports the dtype / head_dim, else torch ops (gather + SDPA). `HPO_ATTN_BACKEND=triton|torch|cpp`
-forces one (read per call); triton on CPU needs `TRITON_INTERPRET=1` set before this package first
-launches a Triton kernel. A forced `cpp` falls back to torch when the extension lacks it.
+forces one; triton on CPU needs `TRITON_INTERPRET=1` set before this package first launches a Triton
+kernel. A forced `cpp` falls back to torch when the extension lacks it. A caller that knows its
+shapes for good (the engine: one model, one cache) chooses once with `attention_backend` /
+`store_backend` and passes `backend=`; without it, each call reads the environment and decides.
 """
 import os
 
@@ -40,12 +47,15 @@ def attention_backend(q, k_cache):
     return "torch"
 
 
-def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None):
-    """q [T, Hq, D] packed new tokens -> [T, Hq, D] (see DESIGN.md for the full contract)."""
-    if not os.environ.get("HPO_ATTN_BACKEND") and not q.is_cuda and _cpu.supports_attention(q, k_cache):
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None,
+                    backend=None):
+    """q [T, Hq, D] packed new tokens -> [T, Hq, D] (see docs/DESIGN.md for the full contract).
+    `backend`: what `attention_backend` chose for these shapes (None: decide now)."""
+    if backend == "cpp" or (backend is None and not os.environ.get("HPO_ATTN_BACKEND") and not q.is_cuda
+                            and _cpu.supports_attention(q, k_cache)):
         # the common CPU call (decode per layer) takes the shortest way
         return _cpu._paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
-    backend = attention_backend(q, k_cache)
+    backend = backend or attention_backend(q, k_cache)
     if backend == "cpp":
         return _cpu.paged_attention_cpp(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
     if backend == "triton":
@@ -53,16 +63,29 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, sc
     return paged_attention_torch(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
 
 
-def store_kv(key, value, k_cache, v_cache, slot_mapping):
-    """key/value [T, Hkv, D] -> k_cache/v_cache slots (slot -1 skipped). Returns None."""
+def store_backend(key, k_cache, v_cache=None) -> str:
+    """The backend `store_kv` would use for these tensors."""
     name = _forced_backend()
+    v_cache = k_cache if v_cache is None else v_cache
     if name == "triton" or (not name and key.is_cuda):
-        return _triton_kernels()[1](key, value, k_cache, v_cache, slot_mapping)
+        return "triton"
     if name in ("", "cpp") and _cpu.AVAILABLE and key.device.type == "cpu" and key.dtype == k_cache.dtype \
             and k_cache.is_contiguous() and v_cache.is_contiguous():
+        return "cpp"
+    return "torch"
+
+
+def store_kv(key, value, k_cache, v_cache, slot_mapping, backend=None):
+    """key/value [T, Hkv, D] -> k_cache/v_cache slots (slot -1 skipped). Returns None.
+    `backend`: what `store_backend` chose for these shapes (None: decide now)."""
+    backend = backend or store_backend(key, k_cache, v_cache)
+    if backend == "triton":
+        return _triton_kernels()[1](key, value, k_cache, v_cache, slot_mapping)
+    if backend == "cpp":
         return _cpu.store_kv_cpp(key, value, k_cache, v_cache, slot_mapping)
     return store_kv_torch(key, value, k_cache, v_cache, slot_mapping)
 
 
 __all__ = ["store_kv", "paged_attention", "linear", "store_kv_ref", "paged_attention_ref", "attention_backend",
+           "store_backend",
            "paged_attention_torch", "store_kv_torch", "BACKENDS"]

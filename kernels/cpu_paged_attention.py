@@ -1,6 +1,6 @@
 """C++ CPU path (csrc/attention_cpu.cpp, OpenMP + AVX-512) behind the kernels contract.
 
-Reference: `reference.paged_attention_ref` / `reference.store_kv_ref`. Shapes as in DESIGN.md;
+Reference: `reference.paged_attention_ref` / `reference.store_kv_ref`. Shapes as in docs/DESIGN.md;
 the wrapper validates dtype / contiguity / device and hands raw pointers to `hpo_engine._C`.
 Supported: float32 and bfloat16, head_dim in {64, 80, 96, 128, 256}; `supports_*` say when to
 fall back to the torch path. Threads: torch.get_num_threads() (one OpenMP runtime: the extension
@@ -27,7 +27,7 @@ def supports_attention(q, k_cache):
 
 
 def paged_attention_cpp(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None):
-    """C++ paged attention (contract in DESIGN.md)."""
+    """C++ paged attention (contract in docs/DESIGN.md)."""
     if not supports_attention(q, k_cache):
         raise ValueError(f"cpp backend: unsupported q {q.dtype} {tuple(q.shape)} on {q.device} / cache {k_cache.dtype}")
     return _paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
@@ -69,7 +69,7 @@ def _paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_se
 
 
 def store_kv_cpp(key, value, k_cache, v_cache, slot_mapping):
-    """C++ store_kv (contract in DESIGN.md): byte copies, so key and cache must share the dtype."""
+    """C++ store_kv (contract in docs/DESIGN.md): byte copies, so key and cache must share the dtype."""
     if (not key.is_cpu or key.dtype != k_cache.dtype or value.dtype != v_cache.dtype
             or k_cache.dtype != v_cache.dtype or not k_cache.is_contiguous() or not v_cache.is_contiguous()
             or key.shape != value.shape or key.shape[1:] != k_cache.shape[2:] or v_cache.shape != k_cache.shape

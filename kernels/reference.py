@@ -1,6 +1,6 @@
 """Pure-PyTorch references for the paged KV-cache kernels (obviously correct, slow).
 
-Layout (DESIGN.md): per layer `k_cache`, `v_cache` are [num_blocks, block_size, Hkv, D].
+Layout (docs/DESIGN.md): per layer `k_cache`, `v_cache` are [num_blocks, block_size, Hkv, D].
 A token's slot is block_id * block_size + offset; slot -1 means "do not store".
 """
 import torch

@@ -2,7 +2,7 @@
 then `scaled_dot_product_attention` with GQA; this is what vLLM's CPU backend and nano-vllm's SDPA
 fallback do. Runs on any device and dtype; reads seq lengths on the host (not graph-safe on CUDA).
 
-Shapes as in DESIGN.md: q [T, Hq, D], caches [num_blocks, block_size, Hkv, D].
+Shapes as in docs/DESIGN.md: q [T, Hq, D], caches [num_blocks, block_size, Hkv, D].
 """
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,6 @@
 """Triton paged attention for packed variable-length queries (reference: `reference.paged_attention_ref`).
 
-Shapes and layouts (DESIGN.md):
+Shapes and layouts (docs/DESIGN.md):
     q                  [T, Hq, D]       packed new tokens of B sequences (decode, chunk extension, prefill mixed)
     k_cache, v_cache   [num_blocks, block_size, Hkv, D]   block_size any multiple of 16
     block_table        [B, max_blocks] int32
@@ -211,7 +211,7 @@ def choose_launch(num_tokens, num_seqs, num_q_heads, num_kv_heads, head_dim, dty
 
 def paged_attention_triton(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale=None, out=None,
                            num_splits=None):
-    """Triton paged attention (contract in DESIGN.md). `num_splits` overrides the split-KV choice (tests)."""
+    """Triton paged attention (contract in docs/DESIGN.md). `num_splits` overrides the split-KV choice (tests)."""
     T, num_q_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
     num_seqs = block_table.shape[0]

@@ -41,7 +41,7 @@ def _store_kv_kernel(
 
 
 def store_kv_triton(key, value, k_cache, v_cache, slot_mapping):
-    """Triton store_kv (contract in DESIGN.md). Returns None."""
+    """Triton store_kv (contract in docs/DESIGN.md). Returns None."""
     T, num_kv_heads, head_dim = key.shape
     if T == 0:
         return

@@ -119,6 +119,7 @@ def tiny_build(tmp_path_factory):
     return out, sizes, totals, encoder
 
 
+@pytest.mark.slow
 def test_tiny_build_manifests(tiny_build):
     from hpo_engine.train.data import read_manifest
 
@@ -139,6 +140,7 @@ def test_tiny_build_manifests(tiny_build):
     np.testing.assert_array_equal(np.load(records["train"][0].features), expected)
 
 
+@pytest.mark.slow
 def test_tiny_build_test_files_match_serving(tiny_build):
     from hpo_engine.metrics.instances import read_instances_log, read_references, read_segmentation
     from hpo_engine.metrics.recordings import group_recordings
@@ -167,6 +169,7 @@ def test_tiny_build_test_files_match_serving(tiny_build):
         np.testing.assert_array_equal(np.load(rec.features), torch.cat(pieces).numpy().astype(np.float16))
 
 
+@pytest.mark.slow
 def test_build_resumes_and_refuses_other_plans(tiny_build):
     out, sizes, _, encoder = tiny_build
     feats = sorted((out / "train" / "feats").glob("*.npy"))

@@ -14,7 +14,7 @@ from hpo_engine.sst.adapter import ADAPTER_FILE
 from hpo_engine.sst.checkpoint import PROJECTOR_FILE, open_sst
 from test_sst_helpers import one_thread  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]   # slow: make test-fast leaves these out
 
 
 @pytest.mark.skipif(not DING_PATH.is_file() or shutil.which("flite") is None,

@@ -6,7 +6,8 @@ import pytest
 
 from hpo_engine.metrics.embed_align import (MiniLMEmbedder, brute_force_segmentation,
                                             embedding_aligned_groups, monotone_segmentation)
-from hpo_engine.metrics.reward import DEFAULT_MAX_LATENCY, TimedUnits, mwer_aligned_groups, units_with_delays
+from hpo_engine.metrics.segment_latency import (DEFAULT_MAX_LATENCY, TimedUnits, mwer_aligned_groups,
+                                               units_with_delays)
 
 _TOKENS = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]|[^\W\u3040-\u30ff\u4e00-\u9fff]+")
 

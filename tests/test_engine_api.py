@@ -24,6 +24,7 @@ def engine_of(folder, **kw):
     return Engine.from_pretrained(folder, block_size=16, placeholder_token_id=PH, **kw)
 
 
+@pytest.mark.slow
 def test_close_returns_every_block_over_1000_cycles(tiny):
     engine = engine_of(tiny[0])
     free0 = engine.pool.num_free

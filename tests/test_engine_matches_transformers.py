@@ -69,6 +69,7 @@ def test_tiny_models_match_transformers(tmp_path, case):
     assert engine.pool.num_used == 0
 
 
+@pytest.mark.slow
 def test_smollm2_matches_transformers(smollm2_path):
     import numpy as np
     from transformers import AutoModelForCausalLM

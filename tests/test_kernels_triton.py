@@ -15,6 +15,8 @@ import torch
 from hpo_engine.kernels.reference import paged_attention_ref, store_kv_ref
 from test_kernels_helpers import MIXED, paged_batch, rel_err, tolerance
 
+pytestmark = pytest.mark.slow          # make test-fast leaves these out
+
 pytest.importorskip("triton")
 IN_CHILD = os.environ.get("_HPO_TRITON_CHILD") == "1"
 
@@ -157,7 +159,7 @@ if not IN_CHILD:
             raise
         cuobjdump = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
         if not cuobjdump.exists():
-            return
+            pytest.skip(f"no cuobjdump in this Triton build ({cuobjdump})")
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(kernel.asm["cubin"])
             f.flush()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hpo_engine import Engine, OutOfBlocks, SamplingParams
+from hpo_engine.train.rollout import group_rollouts
 from tests.conftest import make_tiny_model
 
 PH = 299
@@ -98,7 +99,7 @@ def test_forks_under_preemption(tiny):
     results = {}
     for num_blocks in (512, one + 2):
         engine = engine_of(folder, num_blocks)
-        results[num_blocks] = engine.rollout_group(turns[0], turns[1:], group_size=4, params=params)
+        results[num_blocks] = group_rollouts(engine, [(turns[0], turns[1:])], 4, params)
         assert engine.pool.num_used == 0 and engine.pool.num_free == num_blocks and engine.pool.num_shared == 0
         if num_blocks < 512:
             assert engine.stats()["preemptions"] > 0
@@ -131,7 +132,7 @@ def test_idle_stream_with_speech_is_recomputed(tiny):
                 outs.append(b.generate(GREEDY))
                 if num_blocks == small:
                     assert a.num_blocks == 0 and a.stats()["preemptions"] == 1
-                    assert sum(a.seq.pending_is_speech) == 3 and a.seq.num_recompute == cached
+                    assert sum(a.seq.pending.is_speech) == 3 and a.seq.num_recompute == cached
                 assert (a.num_cached_tokens, a.next_position) == (cached, position)
         if num_blocks == small:
             assert a.stats()["recomputed_tokens"] >= cached and engine.stats()["swaps"] == 0

@@ -103,7 +103,7 @@ def test_groups_are_independent_and_need_not_be_contiguous():
 
 def test_seqpo_baseline():
     # mean Q = [-2, -4] -> z = [1, -1]; mean L = [1, 3] -> z = [-1, 1]
-    # clamp on z (PAPER.md): max(z, 1.12/3) = [0.3733.., 1]
+    # clamp on z (docs/PAPER.md): max(z, 1.12/3) = [0.3733.., 1]
     r = hierarchical_reward([[-2], [-4]], [[1], [3]], [0, 0], granularity="seqpo")
     np.testing.assert_allclose(r, [1 - 0.5 * 1.12 / 3, -1 - 0.5])
     # clamp on the latency: mean L = [0.1, 0.2] -> both floored at 0.3733.. -> z(L) = 0

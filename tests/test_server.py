@@ -1,7 +1,7 @@
 """`hpo-engine serve` over a real socket: protocol, concurrency, bad frames, limits, disconnects, SIGTERM.
 
-One server process (default model, 3 new tokens per turn) serves the whole module; the SIGTERM test
-runs last and ends it.
+One server process (default model, 3 new tokens per turn) serves the module; the SIGTERM test stops a
+server of its own, so the tests run in any order.
 """
 import asyncio
 import json
@@ -16,6 +16,8 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from test_server_helpers import auth, run, start_server, stream_session
 from test_sst_helpers import SENTENCES, default_is_trained, espeak_pcm16
 
+pytestmark = pytest.mark.slow          # make test-fast leaves these out
+
 CHUNK_MS = 1120
 MAX_MESSAGE = 65536
 MAX_BUFFERED_MS = 1120
@@ -23,11 +25,16 @@ IDLE_S = 6
 FRAME = 8000            # the largest binary frame any test sends (0.25 s)
 
 
+def start_test_server(folder):
+    srv = start_server(folder, "--max-new-tokens", "3", "--max-message-bytes", str(MAX_MESSAGE),
+                       "--idle-timeout-s", str(IDLE_S), "--max-buffered-ms", str(MAX_BUFFERED_MS))
+    srv.idle_blocks = srv.metric("hpo_kv_blocks_used")
+    return srv
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("serve"), "--max-new-tokens", "3", "--max-message-bytes",
-                       str(MAX_MESSAGE), "--idle-timeout-s", str(IDLE_S), "--max-buffered-ms", str(MAX_BUFFERED_MS))
-    srv.idle_blocks = srv.metric("hpo_kv_blocks_used")
+    srv = start_test_server(tmp_path_factory.mktemp("serve"))
     yield srv
     srv.stop()
 
@@ -182,8 +189,16 @@ def test_stream_client_prints_each_translation_with_its_audio(server, tmp_path):
     assert refused.exit_code != 0 and "401" in refused.output
 
 
-def test_sigterm_drains_open_streams(server):
-    """Runs last: ends the module's server."""
+@pytest.fixture
+def own_server(tmp_path):
+    """A server for one test that stops it (SIGTERM)."""
+    srv = start_test_server(tmp_path)
+    yield srv
+    srv.stop()
+
+
+def test_sigterm_drains_open_streams(own_server):
+    server = own_server
     pcm = espeak_pcm16("This is a short test.")
 
     async def go():

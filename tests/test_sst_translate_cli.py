@@ -9,7 +9,7 @@ from hpo_engine.metrics.instances import read_instances_log
 from hpo_engine.sst.cli import translate
 from test_sst_helpers import default_is_trained, espeak_wave, one_thread  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]   # slow: make test-fast leaves these out
 
 
 def test_translate_writes_simuleval_instances(tmp_path):

@@ -144,7 +144,7 @@ def test_segment_scores_and_stream_laal_by_hand():
 
 
 def test_quality_scorer_batches_and_negates_metricx():
-    from hpo_engine.metrics.reward import AlignedGroup
+    from hpo_engine.metrics.segment_latency import AlignedGroup
     from hpo_engine.train.reward import QualityScorer, batch_scores
 
     class FakeMetricX:          # records its calls; error = number of words

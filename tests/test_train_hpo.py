@@ -44,6 +44,7 @@ def test_every_parameter_changes(task, tmp_path):
     assert not unchanged, unchanged
 
 
+@pytest.mark.slow
 def test_reward_quality_rises_on_toy_task(task, tmp_path):
     """References are all the target word: quality (sentence chrF) rises as the policy learns it."""
     history = train(config(task, tmp_path, train={"steps": 20, "checkpoint_every": 20, "validate_every": 20}))

@@ -9,7 +9,8 @@ from hpo_engine.train import toy
 from hpo_engine.train.config import load_config
 from hpo_engine.train.policy import all_assistant_logprobs, micro_batches
 from hpo_engine.train.rollout import rollout
-from hpo_engine.train.trainer import accumulate_policy_gradient, setup
+from hpo_engine.train.hpo import accumulate_policy_gradient
+from hpo_engine.train.run import setup
 
 REPO = Path(__file__).resolve().parents[1]
 

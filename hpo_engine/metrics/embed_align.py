@@ -1,4 +1,4 @@
-"""Embedding segmenter of the HPO reward (PAPER.md's LCME, vecalign-style): split a timed hypothesis
+"""Embedding segmenter of the HPO reward (docs/PAPER.md's LCME, vecalign-style): split a timed hypothesis
 into exactly one contiguous, possibly empty, piece per reference sentence by a monotone DP over
 sentence-embedding costs. Same contract as `reward.mwer_aligned_groups`, so a trainer can switch
 segmenters by name.
@@ -45,8 +45,8 @@ from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from .reward import (DEFAULT_MAX_LATENCY, AlignedGroup, TimedUnits, clause_pieces_with_delays,
-                     is_char_language, latency_units, segment_latency)
+from .segment_latency import (DEFAULT_MAX_LATENCY, AlignedGroup, TimedUnits, clause_pieces_with_delays,
+                              is_char_language, latency_units, segment_latency)
 
 Span = Tuple[int, int]  # [start, end) in atoms
 

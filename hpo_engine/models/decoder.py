@@ -20,12 +20,14 @@ from hpo_engine.kernels import linear, paged_attention, store_kv
 
 @dataclass
 class PagedBatch:
-    """Where the packed tokens of one forward live in the paged KV cache (DESIGN.md kernels contract)."""
+    """Where the packed tokens of one forward live in the paged KV cache (docs/DESIGN.md kernels contract)."""
     slot_mapping: torch.Tensor    # [T] int64: cache slot of each new token
     block_table: torch.Tensor     # [B, max_blocks] int32
     seq_lens: torch.Tensor        # [B] int32: KV length per sequence, new tokens included
     cu_seqlens_q: torch.Tensor    # [B+1] int32: new-token offsets
     kv_caches: list               # per layer (k_cache, v_cache), each [num_blocks, block_size, Hkv, D]
+    backends: tuple[str | None, str | None] = (None, None)   # (attention, store_kv) chosen once per
+                                  # engine (hpo_engine.kernels); None: each call decides
 
 
 class Linear(nn.Linear):
@@ -92,9 +94,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if paged is not None:
             k_cache, v_cache = kv_cache
-            store_kv(k, v, k_cache, v_cache, paged.slot_mapping)
+            attention_backend, store_backend = paged.backends
+            store_kv(k, v, k_cache, v_cache, paged.slot_mapping, backend=store_backend)
             o = paged_attention(q, k_cache, v_cache, paged.block_table, paged.seq_lens,
-                                paged.cu_seqlens_q, scale=self.scale)
+                                paged.cu_seqlens_q, scale=self.scale, backend=attention_backend)
         else:
             o = causal_varlen_attention(q, k, v, cu_seqlens, self.scale)
         return self.o_proj(o.reshape(T, -1))
@@ -154,6 +157,13 @@ class CausalLM(nn.Module):
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def rotate_keys(self, k: torch.Tensor, shift: int) -> torch.Tensor:
+        """Cached keys [N, Hkv, D] roped at positions p -> the same keys roped at p + shift (the KV
+        window slides kept keys down after evicting old turns; computed in float64)."""
+        angle = shift * self.inv_freq.double()
+        emb = torch.cat((angle, angle))[None]
+        return apply_rope(k.double(), emb.cos(), emb.sin()).to(k.dtype)
 
     def forward(self, x, positions, paged: PagedBatch | None = None, cu_seqlens=None):
         """x [T, H] packed input embeddings, positions [T] -> final hidden states [T, H].

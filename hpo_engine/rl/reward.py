@@ -34,9 +34,9 @@ __all__ = ["hierarchical_reward", "group_zscore", "GRANULARITIES", "DEFAULT_QUAL
 
 GRANULARITIES = ("sentence", "document", "none", "seqpo")
 
-# HPO's gate: MetricX <= 5, i.e. negated MetricX >= -5 (PAPER.md "threshold q* = -5").
+# HPO's gate: MetricX <= 5, i.e. negated MetricX >= -5 (docs/PAPER.md "threshold q* = -5").
 DEFAULT_QUALITY_THRESHOLD = -5.0
-# SeqPO ablation floor as PAPER.md gives it: one third of the 1.12 s chunk.
+# SeqPO ablation floor as docs/PAPER.md gives it: one third of the 1.12 s chunk.
 DEFAULT_SEQPO_FLOOR = 1.12 / 3
 
 
@@ -127,7 +127,7 @@ def hierarchical_reward(
             passes when Q >= q*.  Default -5 (negated MetricX, i.e. MetricX <= 5).
         max_latency: L_max in seconds (10 s, also the latency of an unaligned segment).
         granularity: "sentence" | "document" | "none" | "seqpo" (see the module docstring).
-        seqpo_floor, seqpo_clamp: the SeqPO ablation's lower clamp.  PAPER.md writes the
+        seqpo_floor, seqpo_clamp: the SeqPO ablation's lower clamp.  docs/PAPER.md writes the
             latency term as max(z(L), 1.12/3); with ``seqpo_clamp="z"`` (default) that is what is
             computed: r = alpha z(Qbar) - beta max(z(Lbar), floor).  Because a z-score is unitless
             while 1.12/3 s is a third of a chunk, ``seqpo_clamp="latency"`` offers the other

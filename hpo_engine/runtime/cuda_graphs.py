@@ -37,8 +37,8 @@ def hook_signature(modules) -> int:
 
 class DecodeGraphs:
     def __init__(self, model: CausalLM, kv_caches: list, max_batch: int, max_blocks_per_seq: int,
-                 capture: bool = True):
-        self.model, self.kv_caches = model, kv_caches
+                 capture: bool = True, backends: tuple = (None, None)):
+        self.model, self.kv_caches, self.backends = model, kv_caches, backends
         self.modules = list(model.modules())      # walked once: the signature is checked every step
         self.sizes = graph_batch_sizes(max_batch)
         self.max_batch = self.sizes[-1]
@@ -58,7 +58,7 @@ class DecodeGraphs:
     def forward(self, b: int) -> torch.Tensor:
         """The decode forward of the first b rows of the static buffers -> logits [b, V]."""
         paged = PagedBatch(self.slot_mapping[:b], self.block_table[:b], self.seq_lens[:b],
-                           self.cu_seqlens_q[:b + 1], self.kv_caches)
+                           self.cu_seqlens_q[:b + 1], self.kv_caches, self.backends)
         x = self.model.embed(self.input_ids[:b])
         return self.model.logits(self.model(x, self.positions[:b], paged=paged))
 

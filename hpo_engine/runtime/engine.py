@@ -1,4 +1,4 @@
-"""Engine and Stream: the public API of DESIGN.md.
+"""Engine and Stream: the public API of docs/DESIGN.md.
 
 A stream is one dialogue. `append` only records tokens (validated at once, so a bad call changes
 nothing); the next `generate` computes them together with the first decode step, so an appended
@@ -7,18 +7,19 @@ pending and is computed with the next turn.
 """
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from hpo_engine.cache.block_manager import BlockManager
 from hpo_engine.cache.block_pool import BlockPool
 from hpo_engine.cache.kv_cache import KVCache, num_blocks_for
 from hpo_engine.models.loader import load_model, load_tokenizer
 from hpo_engine.runtime.model_runner import ModelRunner
 from hpo_engine.runtime.sampling import SamplingParams, sample
 from hpo_engine.runtime.scheduler import Scheduler, SchedulerConfig
-from hpo_engine.runtime.sequence import Sequence, token_keys
+from hpo_engine.runtime.sequence import Sequence, TokenQueue, token_keys
 
 
 class StreamClosedError(RuntimeError):
@@ -74,10 +75,11 @@ class Engine:
         self.placeholder_token_id = placeholder_token_id
         self.pool = BlockPool(num_blocks, block_size)
         self.kv = KVCache(config, num_blocks, block_size, param.dtype, param.device)
-        self.runner = ModelRunner(model, self.pool, self.kv, cuda_graphs, graph_max_batch=min(max_num_seqs, 128))
+        self.blocks = BlockManager(self.pool, self.kv, model.rotate_keys)
+        self.runner = ModelRunner(model, self.kv, block_size, cuda_graphs, graph_max_batch=min(max_num_seqs, 128))
         if max_cache_tokens is not None and not 0 < max_cache_tokens < config.max_position_embeddings:
             raise ValueError(f"max_cache_tokens must be in (0, {config.max_position_embeddings}), got {max_cache_tokens}")
-        self.scheduler = Scheduler(self.runner, SchedulerConfig(max_num_batched_tokens, max_num_seqs,
+        self.scheduler = Scheduler(self.blocks, SchedulerConfig(max_num_batched_tokens, max_num_seqs,
                                                                 max_cache_tokens),
                                    config.max_position_embeddings)
         self.streams: dict[int, "Stream"] = {}
@@ -153,6 +155,7 @@ class Engine:
     def _postprocess(self, batch, logits, by_seq) -> list["_Job"]:
         """Sample for the sequences whose pending tokens are all computed; end turns; start the next
         turn of a job at once. Returns the jobs with no turn left."""
+        self.scheduler.commit(batch)
         ready = [(row, by_seq[id(seq)]) for row, (seq, _) in enumerate(batch) if seq.num_pending == 0]
         if not ready:
             return []
@@ -164,7 +167,7 @@ class Engine:
             out, seq = job.output.turns[-1], job.stream.seq
             out.token_ids.append(tok)
             out.logprobs.append(lp)
-            seq.push([tok], token_keys([tok], None, None), [False])
+            seq.pending.push([tok], token_keys([tok], None, None), [False])
             stops = self.config.eos_token_ids if job.params.stop_token_ids is None else job.params.stop_token_ids
             if tok in stops:
                 out.finish_reason = "stop"
@@ -186,18 +189,19 @@ class Engine:
 
     def stats(self) -> dict:
         """Engine counters: pool occupancy, prefix hits, preemptions (of which swapped out)."""
-        pool, sched = self.pool, self.scheduler
+        pool, blocks = self.pool, self.blocks
         return {"blocks_used": pool.num_used, "blocks_total": pool.num_blocks, "prefix_hits": pool.prefix_hits,
-                "preemptions": sched.num_preemptions, "swaps": sched.num_swaps,
-                "recomputed_tokens": sched.num_recomputed_tokens}
+                "preemptions": blocks.num_preemptions, "swaps": blocks.num_swaps,
+                "recomputed_tokens": blocks.num_recomputed_tokens}
 
     def _end_turn(self, job: "_Job") -> None:
         seq, out = job.stream.seq, job.output.turns[-1]
         seq.in_turn = False
         seq.num_turns += 1
-        seq.num_generated += len(out.token_ids)
-        seq.turn_seconds = time.perf_counter() - job.turn_started
-        seq.total_turn_seconds += seq.turn_seconds
+        c = seq.counters
+        c.num_generated += len(out.token_ids)
+        c.turn_seconds = time.perf_counter() - job.turn_started
+        c.total_turn_seconds += c.turn_seconds
         if self.tokenizer is not None:
             out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
 
@@ -214,24 +218,6 @@ class Engine:
     def reset_prefix_cache(self) -> None:
         """Forget cached prefixes (after a weight update the old K/V no longer match the model)."""
         self.pool.reset_prefix_cache()
-
-    def rollout_group(self, first_turn, later_turns, group_size: int, params: SamplingParams):
-        """GRPO-style group: the first turn computed once, then `group_size` forks sharing its blocks
-        run all turns asynchronously, sample g seeded with params.seed + g (when a seed is given).
-        Returns one DialogueOutput per sample; every stream is closed afterwards."""
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {group_size}")
-        samples = [self.open_stream()]
-        try:
-            samples[0].append(*first_turn)
-            samples[0].prefill()
-            samples += [samples[0].fork() for _ in range(group_size - 1)]
-            jobs = [(s, list(later_turns), replace(params, seed=None if params.seed is None else params.seed + g))
-                    for g, s in enumerate(samples)]
-            return self.generate_dialogues(jobs)
-        finally:
-            for s in samples:
-                s.close()
 
 
 class Stream:
@@ -289,10 +275,9 @@ class Stream:
             seq.turn_starts.append(seq.num_cached + seq.num_pending)
             seq.in_turn = True
         seq.num_sink += len(token_ids) if sink else 0
-        seq.push(token_ids, token_keys(token_ids, ph, embeds),
-                 [embeds is not None and t == ph for t in token_ids])
-        if embeds is not None and n_ph:
-            seq.pending_embeds.append(embeds.detach())
+        seq.pending.push(token_ids, token_keys(token_ids, ph, embeds),
+                         [embeds is not None and t == ph for t in token_ids],
+                         embeds.detach() if embeds is not None and n_ph else None)
 
     def generate(self, params: SamplingParams | None = None) -> GenerationOutput:
         return self.engine.generate_many([(self, params or SamplingParams())])[0]
@@ -305,22 +290,22 @@ class Stream:
             batch = self.engine.scheduler.schedule([self.seq], self.engine._idle_seqs([self.seq]))
             batch = [(seq, min(n, seq.num_pending - 1)) for seq, n in batch]
             self.engine.runner.run(batch)
+            self.engine.scheduler.commit(batch)
 
     def stats(self) -> dict:
         """Per-stream counters."""
-        seq = self.seq
-        return {"turns": seq.num_turns, "generated_tokens": seq.num_generated,
+        seq, c = self.seq, self.seq.counters
+        return {"turns": seq.num_turns, "generated_tokens": c.num_generated,
                 "cached_tokens": self.num_cached_tokens, "blocks": len(seq.block_table),
-                "evicted_tokens": seq.num_evicted, "preemptions": seq.num_preemptions,
-                "recomputed_tokens": seq.num_recomputed, "last_turn_s": seq.turn_seconds,
-                "mean_turn_s": seq.total_turn_seconds / max(seq.num_turns, 1)}
+                "evicted_tokens": c.num_evicted, "preemptions": c.num_preemptions,
+                "recomputed_tokens": c.num_recomputed, "last_turn_s": c.turn_seconds,
+                "mean_turn_s": c.total_turn_seconds / max(seq.num_turns, 1)}
 
     def fork(self) -> "Stream":
         """A new stream with this one's dialogue, sharing its blocks (the partial last block is
         copied when either side writes into it)."""
         self._check_open()
-        for block in self.seq.block_table:
-            self.engine.pool.incref(block)
+        self.engine.blocks.share(self.seq)
         child = self.engine.open_stream()
         child.seq = self.seq.fork(child.seq.seq_id)
         if child.seq.resident:
@@ -332,9 +317,8 @@ class Stream:
         if self.seq.closed:
             return
         self.engine.running = [job for job in self.engine.running if job.stream is not self]
-        self.engine.pool.free_all(self.seq.block_table)
-        self.seq.block_table = []
-        self.seq.pop_front(self.seq.num_pending)
+        self.engine.blocks.free(self.seq)
+        self.seq.pending = TokenQueue()
         self.seq.drop_history()
         self.seq.swapped_kv = None
         self.seq.closed = True

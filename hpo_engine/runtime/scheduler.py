@@ -9,18 +9,20 @@ When blocks run short, sequences are preempted (vLLM style) instead of failing: 
 recently admitted running one; a sequence that is itself the newest waits (gives its blocks back).
 A preempted sequence gives back every block (shared ones stay with their other holders) and keeps
 what its cache was made of: its cached tokens are computed again by chunked prefill when it is
-readmitted, at the same positions, then it goes on exactly where it was (see `ModelRunner.preempt`;
+readmitted, at the same positions, then it goes on exactly where it was (see `BlockManager.preempt`;
 a cache rewritten by turn eviction is swapped out to host memory instead, as no recompute gives it).
 A sequence without blocks (new or preempted) is admitted only when its whole pending work fits in
 the free blocks (idle streams give theirs if that makes it fit), and not in a step that preempted a
 running one. OutOfBlocks means a single sequence alone does not fit the pool.
+
+The scheduler decides who gets, keeps or gives back blocks; the block manager (cache/) it owns does
+the block work. What one step is planning lives in a `StepPlan`, not on the scheduler.
 """
 import itertools
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from hpo_engine.cache.window import evict_old_turns
-from hpo_engine.runtime.model_runner import ModelRunner
+from hpo_engine.cache.block_manager import BlockManager
 from hpo_engine.runtime.sequence import Sequence
 
 
@@ -40,15 +42,22 @@ class SchedulerConfig:
     max_cache_tokens: int | None = None     # per-stream window (turn-aligned eviction), None = unbounded
 
 
+@dataclass
+class StepPlan:
+    """One step being planned: who runs, who idles, what is placed so far, the token budget left."""
+    step: int
+    running: list[Sequence]
+    idle: list[Sequence]                # resident, not running now: preempted first (LRU first)
+    budget: int
+    batch: list[tuple[Sequence, int]] = field(default_factory=list)
+    preempted_running: bool = False
+
+
 class Scheduler:
-    def __init__(self, runner: ModelRunner, config: SchedulerConfig, max_position: int):
-        self.runner, self.config, self.max_position = runner, config, max_position
+    def __init__(self, blocks: BlockManager, config: SchedulerConfig, max_position: int):
+        self.blocks, self.config, self.max_position = blocks, config, max_position
         self.step_count = 0
         self._stamps = itertools.count()
-        # counters
-        self.num_preemptions = 0            # of which swapped out:
-        self.num_swaps = 0
-        self.num_recomputed_tokens = 0      # cached tokens sent back to be computed again
 
     def admit(self, seq: Sequence) -> None:
         """Mark `seq` as the most recently admitted (the first running victim when blocks run short)."""
@@ -61,39 +70,42 @@ class Scheduler:
         self.step_count += 1
         start = step % len(seqs)
         rotated = seqs[start:] + seqs[:start]
-        self._running = rotated
-        self._idle = sorted((s for s in idle if s.resident), key=lambda s: s.last_step)   # LRU first
-        self._batch, self._budget, self._preempted_running = [], self.config.max_num_batched_tokens, False
+        plan = StepPlan(step, rotated, sorted((s for s in idle if s.resident), key=lambda s: s.last_step),
+                        self.config.max_num_batched_tokens)
         for seq in sorted((s for s in rotated if s.resident), key=lambda s: s.num_pending > 1):  # decodes first
             if seq.resident:                            # (not preempted meanwhile)
-                self._place(seq, step)
+                self._place(plan, seq)
         for seq in sorted((s for s in seqs if not s.resident), key=lambda s: (s.admitted < 0, s.admitted)):
-            if self._preempted_running or not self._room():
+            if plan.preempted_running or not self._room(plan):
                 break
-            if not self._admit(seq, step):
+            if not self._admit(plan, seq):
                 break                                   # first come, first served
-        if not self._batch:                              # everyone waits: the first one must go
+        if not plan.batch:                              # everyone waits: the first one must go
             waiting = sorted(seqs, key=lambda s: (s.admitted < 0, s.admitted))
-            self._admit(waiting[0], step, force=True)
-        batch = self._batch
-        self._running = self._idle = self._batch = None  # hold no sequence between steps
-        return batch
+            self._admit(plan, waiting[0], force=True)
+        return plan.batch
+
+    def commit(self, batch: list[tuple[Sequence, int]]) -> None:
+        """The batch's forward ran: its tokens are cached now."""
+        for seq, n in batch:
+            self.blocks.commit(seq, n)
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _room(self) -> bool:
-        return self._budget > 0 and len(self._batch) < self.config.max_num_seqs
+    def _room(self, plan: StepPlan) -> bool:
+        return plan.budget > 0 and len(plan.batch) < self.config.max_num_seqs
 
-    def _prepare(self, seq: Sequence) -> int | None:
+    def _windowed(self) -> bool:
+        return self.config.max_cache_tokens is not None
+
+    def _prepare(self, plan: StepPlan, seq: Sequence) -> int | None:
         """Evict (windowed streams), adopt cached prefix blocks; the number of tokens to compute now
         (None: eviction needs a free block first)."""
-        cfg, runner = self.config, self.runner
-        if cfg.max_cache_tokens is not None and seq.num_recompute == 0:
-            if evict_old_turns(seq, seq.num_pending, cfg.max_cache_tokens, runner.pool, runner.kv,
-                               runner.model.inv_freq) is None:
+        if self._windowed() and seq.num_recompute == 0:
+            if self.blocks.evict_old_turns(seq, seq.num_pending, self.config.max_cache_tokens) is None:
                 return None
-        runner.adopt_cached_prefix(seq, self._adopt_limit(seq))
-        n = min(seq.num_pending, self._budget)
-        if cfg.max_cache_tokens is not None and seq.num_recompute:
+        self.blocks.adopt_cached_prefix(seq, self._adopt_limit(seq))
+        n = min(seq.num_pending, plan.budget)
+        if self._windowed() and seq.num_recompute:
             n = min(n, seq.num_recompute)   # the window acts, as it did, once the old cache is back
         if seq.next_position + n > self.max_position:
             raise ValueError(f"stream {seq.seq_id} would pass max_position_embeddings={self.max_position}; "
@@ -102,78 +114,74 @@ class Scheduler:
 
     def _adopt_limit(self, seq: Sequence) -> int | None:
         """A windowed stream recomputing its cache adopts no block past it before the window acts."""
-        return seq.num_recompute if self.config.max_cache_tokens is not None and seq.num_recompute else None
+        return seq.num_recompute if self._windowed() and seq.num_recompute else None
 
-    def _place(self, seq: Sequence, step: int) -> None:
+    def _place(self, plan: StepPlan, seq: Sequence) -> None:
         """Reserve slots for a resident sequence's next tokens, preempting others (or itself) as needed."""
-        if not self._room():
+        if not self._room(plan):
             return
         while True:
-            n = self._prepare(seq)
-            if n is not None and self.runner.reserve(seq, n):
-                self._batch.append((seq, n))
-                self._budget -= n
-                seq.last_step = step
+            n = self._prepare(plan, seq)
+            if n is not None and self.blocks.reserve(seq, n):
+                plan.batch.append((seq, n))
+                plan.budget -= n
+                seq.last_step = plan.step
                 return
-            victim = self._victim(seq)
+            victim = self._victim(plan, seq)
             if victim is None:
                 self._out_of_blocks(seq, seq.num_cached + (n or 1))
-            self._preempt(victim)
+            self._preempt(plan, victim)
             if victim is seq:
                 return
 
-    def _victim(self, seq: Sequence) -> Sequence | None:
-        if self._idle:
-            return self._idle[0]
-        others = [s for s in self._running if s is not seq and s.resident]
+    def _victim(self, plan: StepPlan, seq: Sequence) -> Sequence | None:
+        if plan.idle:
+            return plan.idle[0]
+        others = [s for s in plan.running if s is not seq and s.resident]
         if not others:
             return None                                 # it holds the pool alone
         newest = max(others, key=lambda s: s.admitted)
         return seq if seq.admitted > newest.admitted else newest
 
-    def _preempt(self, victim: Sequence) -> None:
-        if any(victim is s for s in self._idle):
-            self._idle = [s for s in self._idle if s is not victim]
+    def _preempt(self, plan: StepPlan, victim: Sequence) -> None:
+        if any(victim is s for s in plan.idle):
+            plan.idle = [s for s in plan.idle if s is not victim]
         else:
-            self._preempted_running = True
-            for i, (s, n) in enumerate(self._batch):
+            plan.preempted_running = True
+            for i, (s, n) in enumerate(plan.batch):
                 if s is victim:                         # already placed this step: take it out
-                    del self._batch[i]
-                    self._budget += n
+                    del plan.batch[i]
+                    plan.budget += n
                     break
-        self.num_swaps += not victim.recomputable
-        self.num_recomputed_tokens += victim.num_cached if victim.recomputable else 0
-        self.num_preemptions += 1
-        self.runner.preempt(victim)
+        self.blocks.preempt(victim)
 
-    def _admit(self, seq: Sequence, step: int, force: bool = False) -> bool:
+    def _admit(self, plan: StepPlan, seq: Sequence, force: bool = False) -> bool:
         """Give blocks to a sequence without any when its whole pending work fits (idle streams give
         theirs if that makes it fit). `force`: it is the only one that can run; idle streams give all."""
-        pool, runner = self.runner.pool, self.runner
+        pool, blocks = self.blocks.pool, self.blocks
         total = seq.num_cached + seq.num_pending
-        if self.config.max_cache_tokens is None and -(-total // pool.block_size) > pool.num_blocks:
+        if not self._windowed() and -(-total // pool.block_size) > pool.num_blocks:
             self._out_of_blocks(seq, total)             # hopeless: take nobody's blocks for it
         if not force:
-            need = runner.blocks_to_admit(seq, self._adopt_limit(seq))
+            need = blocks.blocks_to_admit(seq, self._adopt_limit(seq))
             if pool.num_free < need:
-                held = Counter(b for s in self._idle for b in s.block_table)
+                held = Counter(b for s in plan.idle for b in s.block_table)
                 freeable = sum(c == pool.ref_count[b] for b, c in held.items())
                 if pool.num_free + freeable < need:
                     return False
-                while pool.num_free < need and self._idle:
-                    self._preempt(self._idle[0])
+                while pool.num_free < need and plan.idle:
+                    self._preempt(plan, plan.idle[0])
         self.admit(seq)
-        while seq.swapped_kv is not None and not runner.swap_in(seq):
-            if not self._idle:
+        while seq.swapped_kv is not None and not blocks.swap_in(seq):
+            if not plan.idle:
                 self._out_of_blocks(seq, seq.num_cached)
-            self._preempt(self._idle[0])
-        self._place(seq, step)
+            self._preempt(plan, plan.idle[0])
+        self._place(plan, seq)
         return True
 
     def _out_of_blocks(self, seq: Sequence, tokens: int):
-        pool, bs = self.runner.pool, self.runner.pool.block_size
-        hint = ("lower max_cache_tokens" if self.config.max_cache_tokens is not None
-                else "open the engine with max_cache_tokens")
+        pool, bs = self.blocks.pool, self.blocks.block_size
+        hint = "lower max_cache_tokens" if self._windowed() else "open the engine with max_cache_tokens"
         raise OutOfBlocks(f"KV cache out of blocks: stream {seq.seq_id} alone needs {-(-tokens // bs)} blocks "
                           f"of {bs} tokens for {tokens} tokens, but the pool has {pool.num_blocks} blocks "
                           f"({pool.num_free} free); give the engine a larger cache_memory / num_blocks or {hint}",

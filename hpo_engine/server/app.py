@@ -1,4 +1,4 @@
-"""`hpo-engine serve`: WebSocket streaming (DESIGN.md "Streaming protocol") and HTTP endpoints.
+"""`hpo-engine serve`: WebSocket streaming (docs/DESIGN.md "Streaming protocol") and HTTP endpoints.
 
 An asyncio loop does all I/O (websockets' server; plain HTTP routes through process_request); the
 engine runs in its own thread (worker.py). Per connection: a reader (validates frames, applies

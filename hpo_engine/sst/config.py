@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from hpo_engine import chat_template
+
 CONFIG_NAME = "sst_config.json"
 
 LANGUAGE_NAMES = {"de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
@@ -33,10 +35,10 @@ class SSTConfig:
     max_cache_tokens: int | None = 2048       # per-stream KV window (turn-aligned eviction; system prompt kept)
     # the checkpoint's chat template, split at the speech: turn 0 = system + user_prefix, later turns =
     # next_user_prefix (ChatML writes "\n" after every <|im_end|>, the one closing the answer included)
-    system_template: str = "<|im_start|>system\n{instruction}<|im_end|>\n"
-    user_prefix: str = "<|im_start|>user\n"
-    next_user_prefix: str = "\n<|im_start|>user\n"
-    user_suffix: str = "<|im_end|>\n<|im_start|>assistant\n"
+    system_template: str = chat_template.SYSTEM
+    user_prefix: str = chat_template.USER_PREFIX
+    next_user_prefix: str = chat_template.NEXT_USER_PREFIX
+    user_suffix: str = chat_template.USER_SUFFIX
     instructions: dict[str, str] = field(default_factory=default_instructions)
     default_target_lang: str = "de"
     encoder: dict = field(default_factory=dict)      # EncoderConfig fields

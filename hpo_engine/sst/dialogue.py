@@ -1,4 +1,4 @@
-"""Token ids of the SST dialogue (DESIGN.md "Dialogue format"), with the checkpoint's chat template."""
+"""Token ids of the SST dialogue (docs/DESIGN.md "Dialogue format"), with the checkpoint's chat template."""
 from __future__ import annotations
 
 from dataclasses import dataclass

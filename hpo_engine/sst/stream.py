@@ -1,4 +1,4 @@
-"""The SST stream: PCM in, translation deltas out (DESIGN.md data flow).
+"""The SST stream: PCM in, translation deltas out (docs/DESIGN.md data flow).
 
     feed(pcm)  -> the front end encodes every chunk the audio completes; each waits in `pending`
     the next turn: its embeddings become a user turn (placeholders) appended to the engine stream,

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from hpo_engine.models.lora import TARGETS as LORA_TARGETS
+from hpo_engine.rl.reward import DEFAULT_QUALITY_THRESHOLD
 
 
 class ConfigError(ValueError):
@@ -81,7 +82,8 @@ class RewardSection:
     embedder_path: str | None = None     # embedding segmenter: a sentence-embedding model folder (default MiniLM)
     alpha: float = 1.0
     beta: float = 0.5
-    quality_threshold: float = 30.0      # the gate q*, in the quality metric's units
+    quality_threshold: float = DEFAULT_QUALITY_THRESHOLD   # the gate q*, in the quality metric's units: the
+                                         # paper's -5 is for negated MetricX; a chrF / BLEU run sets its own
     max_latency: float = 10.0
     granularity: str = "sentence"        # sentence | document | none | seqpo
 

@@ -1,4 +1,5 @@
-"""Per-segment quality and latency of a trajectory, from the metrics package's reward pieces.
+"""The HPO reward of a rollout: per-segment latency and quality of each trajectory (from the metrics
+package's segment alignment), gated and z-scored by `rl.hierarchical_reward` (`rollout_rewards`).
 
 hypothesis = the assistant turns joined (no separator for zh/ja); every unit written in answer k
 (k = 1..) has delay k x chunk seconds; mWER (or the embedding aligner) resegments it into one piece
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 from hpo_engine.metrics.embed_align import embedding_aligned_groups
 from hpo_engine.metrics.quality import default_bleu_tokenizer, sentence_bleu, sentence_chrf
-from hpo_engine.metrics.reward import (AlignedGroup, is_char_language, mwer_aligned_groups, segment_quality,
-                                       units_with_delays)
+from hpo_engine.metrics.segment_latency import (AlignedGroup, is_char_language, mwer_aligned_groups,
+                                               segment_quality, units_with_delays)
 from hpo_engine.metrics.streamlaal import SentenceInstance, stream_laal
+from hpo_engine.rl.reward import hierarchical_reward
+from hpo_engine.train.rollout import turn_texts
 
 
 def aligned_groups(turn_texts: list[str], references: list[str], spans, lang: str, chunk_seconds: float,
@@ -85,11 +88,6 @@ def batch_scores(scorer: QualityScorer, groups: list[list[AlignedGroup]], source
     return out
 
 
-def hypothesis_text(turn_texts: list[str], lang: str) -> str:
-    pieces = [t.strip() for t in turn_texts if t.strip()]
-    return ("" if is_char_language(lang) else " ").join(pieces)
-
-
 def sentence_instances(groups: list[AlignedGroup], spans) -> list[SentenceInstance]:
     """The groups as StreamLAAL's sentences: delays in ms from each sentence's source start."""
     return [SentenceInstance(g.piece, g.reference, (end - start) * 1000.0,
@@ -102,3 +100,17 @@ def window_stream_laal(sentences: list[SentenceInstance], lang: str) -> float | 
     if not any(s.delays for s in sentences):
         return None
     return stream_laal(sentences, unit="char" if is_char_language(lang) else "word")
+
+
+def rollout_rewards(samples, windows, codec, scorer: QualityScorer, cfg, embedder=None):
+    """The HPO reward of a rollout, composed in one place: measure (each trajectory's piece per
+    reference sentence and its latency) -> score (the pieces' quality, one scorer call) -> gate and
+    group z-scores (`rl.hierarchical_reward`, groups = windows). Returns (rewards [N], parts)."""
+    d, rw = cfg.dialogue, cfg.reward
+    groups = [aligned_groups(turn_texts(s, codec), windows[s.window].references, windows[s.window].segments,
+                             d.target_lang, d.chunk_seconds, rw.max_latency, embedder) for s in samples]
+    quality = batch_scores(scorer, groups, [windows[s.window].sources for s in samples])
+    latency = [[g.latency for g in gs] for gs in groups]
+    return hierarchical_reward(quality, latency, [s.window for s in samples], alpha=rw.alpha, beta=rw.beta,
+                               quality_threshold=rw.quality_threshold, max_latency=rw.max_latency,
+                               granularity=rw.granularity, return_parts=True)

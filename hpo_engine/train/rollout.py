@@ -1,18 +1,17 @@
 """Dialogue turns of a window, group rollouts through the runtime, and packed training sequences.
 
-Format (DESIGN.md, ChatML): turn 0 = system instruction + "<|im_start|>user\n" + P placeholders +
-"<|im_end|>\n<|im_start|>assistant\n"; turn k >= 1 = "\n<|im_start|>user\n" + P placeholders + the
-same suffix (the leading "\n" follows the previous answer's <|im_end|>). The k-th placeholder of the
-dialogue takes the k-th speech frame. A sample's training sequence is exactly what the engine saw:
+Format: hpo_engine/chat_template.py (ChatML) with P placeholders as each user turn's content, or an
+SST checkpoint's own template. The k-th placeholder of the dialogue takes the k-th speech frame. A sample's training sequence is exactly what the engine saw:
 turn 0, answer 0, turn 1, answer 1, ... with positions 0..T-1, so the trainer's forward recomputes
 the sampler's logprobs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from hpo_engine import chat_template
 from hpo_engine.runtime.sampling import SamplingParams
 from hpo_engine.train.data import Window
 
@@ -44,11 +43,12 @@ class DialogueFormat:
             return tid
 
         first = d.first_prefix_ids if d.first_prefix_ids is not None else \
-            ids(f"<|im_start|>system\n{d.instruction}<|im_end|>\n<|im_start|>user\n")
-        prefix = d.turn_prefix_ids if d.turn_prefix_ids is not None else ids("\n<|im_start|>user\n")
-        suffix = d.turn_suffix_ids if d.turn_suffix_ids is not None else ids("<|im_end|>\n<|im_start|>assistant\n")
-        placeholder = d.placeholder_token_id if d.placeholder_token_id is not None else special("<|video_pad|>")
-        stop = d.stop_token_id if d.stop_token_id is not None else special("<|im_end|>")
+            ids(chat_template.SYSTEM.format(instruction=d.instruction) + chat_template.USER_PREFIX)
+        prefix = d.turn_prefix_ids if d.turn_prefix_ids is not None else ids(chat_template.NEXT_USER_PREFIX)
+        suffix = d.turn_suffix_ids if d.turn_suffix_ids is not None else ids(chat_template.USER_SUFFIX)
+        placeholder = d.placeholder_token_id if d.placeholder_token_id is not None else \
+            special(chat_template.SPEECH_PLACEHOLDER)
+        stop = d.stop_token_id if d.stop_token_id is not None else special(chat_template.STOP)
         if d.banned_token_ids is not None:
             banned = list(d.banned_token_ids)
         else:  # HPO: every id above <|im_end|> and the newline tokens
@@ -117,7 +117,7 @@ class Sample:
 
 
 def window_turns(window: Window, fmt: DialogueFormat, P: int, dtype=torch.float32, device="cpu", embed_speech=None):
-    """(first_turn, later_turns) for `engine.rollout_group`: one user turn per chunk.
+    """(first_turn, later_turns) for `group_rollouts`: one user turn per chunk.
     `embed_speech(rows) -> [n, H]` maps the window's speech rows to embeddings (default: they are)."""
     embeds = torch.from_numpy(window.embeds).to(device=device)
     if embed_speech is not None:
@@ -157,37 +157,50 @@ def sampling_params(r, fmt: DialogueFormat, seed: int | None, greedy: bool = Fal
                           stop_token_ids=[fmt.stop_id], banned_token_ids=fmt.banned_ids, seed=seed)
 
 
+def group_rollouts(engine, groups, group_size: int, params: SamplingParams, first_group: int = 0) -> list:
+    """GRPO-style groups through the engine in ONE asynchronous batch. Per group (first_turn,
+    later_turns), each turn (token_ids, embeds): the first turn is prefilled once and `group_size`
+    forks share its blocks; every sample then appends each later turn the moment its previous answer
+    ends (no barrier across samples). Sample g of group b is seeded params.seed + (first_group + b) *
+    group_size + g (when a seed is given). Returns the DialogueOutputs group by group, sample by sample;
+    every stream is closed afterwards."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    streams, jobs = [], []
+    try:
+        for b, (first, later) in enumerate(groups):
+            root = engine.open_stream()
+            streams.append(root)
+            root.append(*first)
+            root.prefill()
+            group = [root] + [root.fork() for _ in range(group_size - 1)]
+            streams += group[1:]
+            for g, stream in enumerate(group):
+                seed = None if params.seed is None else params.seed + (first_group + b) * group_size + g
+                jobs.append((stream, list(later), replace(params, seed=seed)))
+        return engine.generate_dialogues(jobs)
+    finally:
+        for stream in streams:
+            stream.close()
+
+
 def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, P: int, seed: int | None,
             group_size: int | None = None, greedy: bool = False, windows_together: int | None = None,
             embed_speech=None, rows_per_embedding: int = 1) -> list[Sample]:
-    """B windows x G samples through the runtime. Per window the first turn is prefilled once and G
-    forks share its blocks (as `engine.rollout_group`); the groups of up to `windows_together` windows
-    (default: all, `rollout.windows_together` when set) then run in ONE asynchronous batch. Samples
-    come window by window; sample g of window b is seeded seed + b * G + g."""
+    """B windows x G samples through the runtime (`group_rollouts`): the groups of up to
+    `windows_together` windows (default: all, `rollout.windows_together` when set) run in ONE
+    asynchronous batch. Samples come window by window; sample g of window b is seeded seed + b * G + g."""
     G = group_size or rollout_cfg.group_size
     together = windows_together or getattr(rollout_cfg, "windows_together", None) or len(windows)
     param = next(engine.model.parameters())
+    params = sampling_params(rollout_cfg, fmt, seed, greedy)
     samples = []
     for start in range(0, len(windows), together):
-        streams, jobs, owners = [], [], []
-        try:
-            for b in range(start, min(start + together, len(windows))):
-                first, later = window_turns(windows[b], fmt, P, param.dtype, param.device, embed_speech)
-                root = engine.open_stream()
-                streams.append(root)
-                root.append(*first)
-                root.prefill()
-                group = [root] + [root.fork() for _ in range(G - 1)]
-                streams += group[1:]
-                for g, stream in enumerate(group):
-                    jobs.append((stream, list(later), sampling_params(
-                        rollout_cfg, fmt, None if seed is None else seed + b * G + g, greedy)))
-                    owners.append(b)
-            outputs = engine.generate_dialogues(jobs)
-        finally:
-            for stream in streams:
-                stream.close()
-        for b, out in zip(owners, outputs):
+        chunk = range(start, min(start + together, len(windows)))
+        groups = [window_turns(windows[b], fmt, P, param.dtype, param.device, embed_speech) for b in chunk]
+        outputs = group_rollouts(engine, groups, G, params, first_group=start)
+        for i, out in enumerate(outputs):
+            b = start + i // G
             answers = [t.token_ids for t in out.turns]
             logprobs = [t.logprobs for t in out.turns]
             samples.append(pack_dialogue(windows[b], fmt, P, answers, logprobs, index=b,
@@ -207,5 +220,5 @@ def banned_vocab_mask(fmt: DialogueFormat, vocab_size: int, device="cpu") -> tor
     return mask
 
 
-__all__ = ["DialogueFormat", "TextCodec", "Sample", "window_turns", "pack_dialogue", "rollout",
+__all__ = ["DialogueFormat", "TextCodec", "Sample", "window_turns", "pack_dialogue", "group_rollouts", "rollout",
            "sampling_params", "turn_texts", "banned_vocab_mask"]

@@ -6,12 +6,19 @@ max(a_i, ceil(e_i / c) - 1 + k), both clipped to the window's last chunk, and a_
 last chunk used by sentence i - 1 (output never goes back in time). Its n_i units (words; characters
 for zh/ja) are spread evenly: unit j (0-based) goes to chunk a_i + floor(j (b_i - a_i + 1) / n_i).
 Every answer ends with the stop token; a chunk with no units is a wait (a bare stop token).
+`sft_step` is one update on such trajectories.
 """
 from __future__ import annotations
 
 import math
+import time
 
-from hpo_engine.metrics.reward import is_char_language, latency_units
+import torch
+
+from hpo_engine.metrics.segment_latency import is_char_language, latency_units
+from hpo_engine.train.master_weights import optimizer_step
+from hpo_engine.train.policy import assistant_logprobs, micro_batches
+from hpo_engine.train.rollout import pack_dialogue
 
 
 def monotonic_schedule(spans, references, num_chunks: int, chunk_seconds: float, lag_chunks: int,
@@ -44,3 +51,29 @@ def sft_answers(window, codec, chunk_seconds: float, lag_chunks: int, lang: str,
         written = written or bool(text)
         answers.append((codec.encode(text) if text else []) + [stop_id])
     return answers
+
+
+def sft_step(run, step: int) -> dict:
+    """One SFT update: cross-entropy (token mean) on the assistant tokens of rule-built trajectories."""
+    cfg, d = run.cfg, run.cfg.dialogue
+    t0 = time.perf_counter()
+    windows = run.loader.next_batch(cfg.sft.batch_size)
+    samples = [pack_dialogue(w, run.fmt, d.frames_per_chunk,
+                             sft_answers(w, run.codec, d.chunk_seconds, cfg.sft.lag_chunks, d.target_lang,
+                                         run.fmt.stop_id), index=b, rows_per_embedding=run.rows_per_embedding)
+               for b, w in enumerate(windows)]
+    num_global_tokens = sum(int(s.assistant_mask.sum()) for s in samples)
+    run.trainable.zero_grad()
+    total = 0.0
+    for mb in micro_batches(samples, range(len(samples)), cfg.optim.max_tokens_per_microbatch):
+        lps, _ = assistant_logprobs(run.model, [samples[i] for i in mb],   # full softmax, temperature 1
+                                    checkpointing=cfg.optim.gradient_checkpointing, embed_speech=run.embed_speech)
+        loss = -torch.cat(lps).sum() / num_global_tokens
+        loss.backward()
+        total += float(loss.detach())
+    grad_norm = optimizer_step(run)
+    run.engine.reset_prefix_cache()
+    seconds = time.perf_counter() - t0
+    tokens = sum(s.num_tokens for s in samples)
+    return {"sft_loss": total, "grad_norm": grad_norm, "target_tokens": num_global_tokens, "update_s": seconds,
+            "update_tokens_per_s": tokens / max(seconds, 1e-9)}

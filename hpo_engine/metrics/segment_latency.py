@@ -1,4 +1,6 @@
-"""Pieces of the HPO reward (PAPER.md), as pure functions.
+"""Segment alignment and segment latency of the HPO reward (docs/PAPER.md), as pure functions: a
+dialogue's timed units, their pieces per reference sentence (mWER), each piece's latency and the
+quality an unaligned piece gets.
 
 Units: words for word languages, characters (whitespace excluded) for zh/ja. Times in seconds.
 """

@@ -1,9 +1,9 @@
 """HPO reward pieces: clause split, units with delays, per-segment latency (hand-computed)."""
 import pytest
 
-from hpo_engine.metrics.reward import (DEFAULT_MAX_LATENCY, TimedUnits, clause_pieces_with_delays,
-                                       join_turns, latency_units, segment_latency, segment_quality,
-                                       split_clauses, units_with_delays)
+from hpo_engine.metrics.segment_latency import (DEFAULT_MAX_LATENCY, TimedUnits, clause_pieces_with_delays,
+                                               join_turns, latency_units, segment_latency, segment_quality,
+                                               split_clauses, units_with_delays)
 
 
 def test_split_clauses_word_language():
@@ -60,7 +60,7 @@ def test_unaligned_segment_gets_worst_quality():
 
 
 def test_mwer_aligned_groups_by_hand():
-    from hpo_engine.metrics.reward import mwer_aligned_groups
+    from hpo_engine.metrics.segment_latency import mwer_aligned_groups
 
     timed = units_with_delays(["the cat", "sat on", "the mat ."], "en", 1.0)
     refs = ["The cat sat", "on the mat .", "Nothing here"]
@@ -74,7 +74,7 @@ def test_mwer_aligned_groups_by_hand():
 
 
 def test_mwer_aligned_groups_characters():
-    from hpo_engine.metrics.reward import mwer_aligned_groups
+    from hpo_engine.metrics.segment_latency import mwer_aligned_groups
 
     timed = units_with_delays(["你好，", "世界。再见"], "zh", 1.12)
     groups = mwer_aligned_groups(timed, ["你好，世界。", "再见。"], [(0.0, 2.0), (2.0, 3.0)], "zh")

@@ -1,0 +1,162 @@
+"""The wiring of a training run: the model, what trains, the engine on the same weights, the KL
+reference, the optimizer, the data and the reward's scorers, built from a TrainConfig."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpo_engine.models.loader import load_model, load_tokenizer
+from hpo_engine.runtime.engine import Engine
+from hpo_engine.sst.adapter import apply_adapter, read_adapter
+from hpo_engine.sst.config import SSTConfig
+from hpo_engine.train.config import ConfigError, TrainConfig
+from hpo_engine.train.data import WindowLoader, load_window, read_manifest
+from hpo_engine.train.master_weights import MasterWeights
+from hpo_engine.train.reward import QualityScorer
+from hpo_engine.train.rollout import DialogueFormat, TextCodec, banned_vocab_mask
+from hpo_engine.train.trainable import Trainable, frozen_copy, select
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    model: torch.nn.Module
+    trainable: Trainable                   # what the update changes (LLM weights, LoRA, projector)
+    ref_model: torch.nn.Module | None      # frozen initial LLM (HPO's KL reference) when LLM weights train
+    ref_projector: torch.nn.Module | None  # frozen initial projector (SST checkpoints)
+    sst: SSTConfig | None                  # set when model.path is an SST checkpoint
+    engine: Engine
+    optimizer: torch.optim.Optimizer
+    fmt: DialogueFormat
+    codec: TextCodec
+    banned: torch.Tensor                   # [V] bool, ids the sampler never draws
+    loader: WindowLoader
+    valid: list                            # validation windows (may be empty)
+    out_dir: Path
+    scorer: QualityScorer
+    master: MasterWeights | None = None    # fp32 masters when the model is not float32
+    embedder: object | None = None         # sentence embedder of the embedding segmenter (reward.segmenter)
+    continued_lora: bool = False           # the LoRA continues the base checkpoint's (it replaces it on export)
+
+    @property
+    def rows_per_embedding(self) -> int:
+        """Speech rows per placeholder: encoder frames per embedding with a projector, else 1."""
+        return self.trainable.projector.cfg.stack if self.trainable.projector is not None else 1
+
+    @property
+    def embed_speech(self):
+        return self.trainable.embed_speech if self.trainable.projector is not None else None
+
+
+def step_seed(cfg: TrainConfig, step: int) -> int:
+    """Rollout seed of a step (sample g of window b adds b * G + g): a resumed run samples the same."""
+    return cfg.seed * 1_000_003 + step * 65_537
+
+
+def setup(cfg: TrainConfig) -> Run:
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    import random
+    random.seed(cfg.seed)
+    dtype, m, d = getattr(torch, cfg.model.dtype), cfg.model, cfg.dialogue
+    model = load_model(m.path, device=m.device, dtype=dtype)
+    tokenizer = load_tokenizer(m.path)
+    sst, projector, encode_audio = open_speech_parts(cfg)
+    # an SST checkpoint trained before (SFT before HPO): start from its weights. Its LoRA update is
+    # trained on (not stacked under a new one) when this run trains a LoRA of the same shape.
+    base_adapter = read_adapter(m.path) if sst is not None else None
+    continued = continued_lora(base_adapter, model, m)
+    if base_adapter:
+        apply_adapter(model, {k: v for k, v in base_adapter.items() if k not in continued})
+    if sst is not None:
+        fmt = DialogueFormat.from_sst(sst, tokenizer, d.target_lang)
+    else:
+        fmt = DialogueFormat.from_config(d, tokenizer, model.config.vocab_size)
+    trainable = select(model, m.train_llm, projector, m.train_projector, m.lora_rank, m.lora_alpha,
+                       m.lora_targets, cfg.seed)
+    if continued:
+        trainable.lora.load_scaled_tensors({k[5:]: v for k, v in continued.items()})
+    engine = Engine(model, tokenizer, placeholder_token_id=fmt.placeholder_id, num_blocks=m.num_blocks,
+                    block_size=m.block_size)
+    ref_model = None
+    if cfg.mode == "hpo" and (continued or any(p.requires_grad for p in model.parameters())):
+        # reloaded from the base folder, so a resumed run has the same reference
+        ref_model = load_model(m.path, device=m.device, dtype=dtype).requires_grad_(False)
+        if base_adapter:
+            apply_adapter(ref_model, base_adapter)
+    params = trainable.parameters()
+    master = MasterWeights(params) if dtype != torch.float32 else None
+    optimizer = torch.optim.AdamW(master.params if master else params, lr=cfg.optim.lr,
+                                  weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    rows = d.frames_per_chunk * (projector.cfg.stack if projector is not None else 1)
+    loader = WindowLoader(read_manifest(cfg.data.train), rows, d.chunks_per_window, seed=cfg.seed,
+                          shuffle=cfg.data.shuffle, encode_audio=encode_audio)
+    valid = [load_window(r, rows, d.chunks_per_window, encode_audio)
+             for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
+    scorer = QualityScorer(cfg.reward.quality, d.target_lang, cfg.reward.quality_model_path, m.device) \
+        if cfg.mode == "hpo" else QualityScorer("chrf")
+    embedder = None
+    if cfg.reward.segmenter == "embedding":
+        from hpo_engine.metrics.embed_align import MiniLMEmbedder
+        embedder = MiniLMEmbedder(cfg.reward.embedder_path, device=m.device)
+    return Run(cfg, model, trainable, ref_model, frozen_copy(projector), sst, engine, optimizer, fmt,
+               TextCodec(tokenizer, fmt.stop_id), banned_vocab_mask(fmt, model.config.vocab_size), loader, valid,
+               Path(cfg.output_dir), scorer, master, embedder, bool(continued))
+
+
+def continued_lora(base_adapter, model, m) -> dict:
+    """The base adapter's lora.* tensors when this run trains a LoRA of the same rank on the same
+    layers (then it continues training them), else {} (a new LoRA goes on top of the merged base)."""
+    if not base_adapter or m.train_llm != "lora":
+        return {}
+    lora = {k: v for k, v in base_adapter.items() if k.startswith("lora.")}
+    wanted = {f"lora.{ab}.{n.replace('.', '__')}" for n, mod in model.named_modules()
+              if isinstance(mod, torch.nn.Linear) and n.rsplit(".", 1)[-1] in m.lora_targets for ab in "AB"}
+    same = set(lora) == wanted and all(v.shape[0 if k.startswith("lora.A.") else 1] == m.lora_rank
+                                       for k, v in lora.items())
+    return lora if same else {}
+
+
+def open_speech_parts(cfg: TrainConfig):
+    """(SSTConfig, projector, encode_audio) of an SST checkpoint folder, or (None, None, None) for a plain
+    LLM. The chunk geometry of the config must be the checkpoint's (what serving will use)."""
+    from hpo_engine.sst.config import CONFIG_NAME
+    folder = Path(cfg.model.path)
+    if not (folder / CONFIG_NAME).is_file():
+        return None, None, None
+    from hpo_engine.sst.checkpoint import ENCODER_FILE, PROJECTOR_FILE, load_module
+    from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, WhisperEncoder
+
+    sst = SSTConfig.load(folder)
+    d = cfg.dialogue
+    if d.frames_per_chunk != sst.frames_per_chunk:
+        raise ConfigError(f"dialogue.frames_per_chunk: {d.frames_per_chunk}, but the SST checkpoint's is "
+                          f"{sst.frames_per_chunk}")
+    if abs(d.chunk_seconds * 1000 - sst.chunk_ms) > 1e-6:
+        raise ConfigError(f"dialogue.frame_seconds: chunks of {d.chunk_seconds * 1000:g} ms, but the SST "
+                          f"checkpoint's are {sst.chunk_ms} ms")
+    sst.instruction(d.target_lang)      # an unsupported language fails here, naming it
+    projector = load_module(Projector(ProjectorConfig(**sst.projector)), folder / PROJECTOR_FILE)
+    projector = projector.to(cfg.model.device).float().train()
+    @functools.cache
+    def encoder() -> WhisperEncoder:      # loaded on the first `audio` window only
+        return load_module(WhisperEncoder(EncoderConfig(**sst.encoder)), folder / ENCODER_FILE)
+
+    def encode_audio(path, start_s: float, end_s: float) -> np.ndarray:
+        """Encoder frames of [start_s, end_s] of an audio file, streamed as serving streams it."""
+        from hpo_engine.speech.audio import SAMPLE_RATE, load_audio
+        from hpo_engine.speech.frontend import FRAME_MS
+        from hpo_engine.speech.streaming import StreamingEncoder
+        wave = load_audio(path)[int(start_s * SAMPLE_RATE):int(end_s * SAMPLE_RATE)]
+        stream = StreamingEncoder(encoder(), sst.chunk_ms // FRAME_MS, sst.left_context_ms // FRAME_MS)
+        with torch.inference_mode():
+            frames = torch.cat([stream.push(wave), stream.flush()])
+        return frames.float().numpy()
+
+    return sst, projector, encode_audio
