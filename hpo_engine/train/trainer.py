@@ -407,13 +407,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
     ckpt_root, metrics_path = run.out_dir / "checkpoints", run.out_dir / "metrics.jsonl"
     start = 0
     if resume:
-        found = ckpt.list_checkpoints(ckpt_root)
-        if not found:
-            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
-        tensors, state = ckpt.load_checkpoint(found[-1], run.optimizer)
-        run.trainable.load_state(tensors, str(found[-1]))
+        found, tensors, state = ckpt.resume_checkpoint(ckpt_root, run.optimizer)   # the newest intact one
+        run.trainable.load_state(tensors, str(found))
         if run.master is not None:
-            run.master.load(ckpt.load_extra(found[-1]))
+            run.master.load(ckpt.load_extra(found))
         run.loader.load_state(state["data"])
         start = state["step"]
         run.engine.reset_prefix_cache()
