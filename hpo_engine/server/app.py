@@ -355,6 +355,9 @@ class TranslationServer:
         log.info("capacity: %d stream(s) at most (%s); %s", self.max_streams,
                  "--max-streams" if cfg.max_streams else "measured",
                  f"{cost * 1000:.0f} ms of compute per {chunk_ms} ms chunk" if cost else "no turn fits the cache")
+        if cost and cost > chunk_ms / 1000:
+            log.warning("one stream alone needs %.1fx real time here: its lag will grow (fewer --max-new-tokens, "
+                        "more --threads or a faster machine)", cost / (chunk_ms / 1000))
 
     async def drain(self) -> None:
         self.draining = True

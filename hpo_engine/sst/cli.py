@@ -78,9 +78,9 @@ def translate(audio, output, model_path, target_lang, references, max_new_tokens
     except OSError as e:
         raise click.ClickException(f"cannot write {output}: {e}") from None
     if bad:
-        raise click.ClickException(f"{len(bad)} of {len(audio)} file(s) skipped ("
-                                   + "; ".join(f"{audio[i]}: {r}" for i, r in bad.items())
-                                   + f"); {output} holds the other {len(audio) - len(bad)}")
+        raise click.ClickException(f"{len(bad)} of {len(audio)} file(s) skipped, each named above ("
+                                   + ", ".join(audio[i] for i in bad) + f"); {output} holds the other "
+                                   f"{len(audio) - len(bad)}")
 
 
 def _unreadable(path: str) -> str | None:
