@@ -231,10 +231,7 @@ class TranslationServer:
                 message = await asyncio.wait_for(ws.recv(), max(0.0, min(cfg.idle_timeout_s,
                                                                           deadline - time.monotonic())))
             except asyncio.TimeoutError:
-                if time.monotonic() >= deadline:
-                    self._finish(s, "stream_time_limit", f"streams are limited to {cfg.max_stream_s:g} s of wall "
-                                 "time; finishing the stream")
-                else:
+                if not self._over_time(s):
                     self._finish(s, "idle_timeout", f"no frame for {cfg.idle_timeout_s:g} s; finishing the stream")
                 break
             if s.ended:           # shutdown began while we waited
@@ -280,16 +277,21 @@ class TranslationServer:
         """A slot is not held by a stream that sends much slower than real time (any frame resets the idle
         timer, so one sample every few seconds would hold it forever) or for longer than max_stream_s."""
         cfg = self.config
-        now = time.monotonic()
-        if now >= s.started + cfg.max_stream_s:
-            self._finish(s, "stream_time_limit", f"streams are limited to {cfg.max_stream_s:g} s of wall time; "
-                         "finishing the stream")
+        if self._over_time(s):
             return
-        rate = s.audio_rate(now, cfg.audio_rate_window_s, SAMPLE_RATE)
+        rate = s.audio_rate(time.monotonic(), cfg.audio_rate_window_s, SAMPLE_RATE)
         if rate is not None and rate < cfg.min_audio_rate:
             self._finish(s, "audio_too_slow", f"{rate:.2f} s of audio per second over the last "
                          f"{cfg.audio_rate_window_s:g} s (at least {cfg.min_audio_rate:g} needed: send audio as "
                          "it is spoken); finishing the stream")
+
+    def _over_time(self, s: Session) -> bool:
+        """Finish the stream if it has had its max_stream_s of wall time."""
+        if time.monotonic() < s.started + self.config.max_stream_s:
+            return False
+        self._finish(s, "stream_time_limit", f"streams are limited to {self.config.max_stream_s:g} s of wall "
+                     "time; finishing the stream")
+        return True
 
     def _finish(self, s: Session, code: str, message: str) -> None:
         """An error frame, then the stream ends as if the client had sent end: what it sent is translated."""

@@ -69,7 +69,7 @@ class ServerMetrics:
             "# HELP hpo_buffered_audio_seconds_peak Most untranslated audio one stream held.",
             "# TYPE hpo_buffered_audio_seconds_peak gauge",
             f"hpo_buffered_audio_seconds_peak {self.buffered_seconds_peak:.3f}",
-            "# HELP hpo_error_frames_total Error frames sent, by code.", "# TYPE hpo_error_frames_total counter",
+            "# HELP hpo_error_frames_total Error frames sent (and upgrades refused), by code.", "# TYPE hpo_error_frames_total counter",
         ]
         lines += [f'hpo_error_frames_total{{code="{code}"}} {n}' for code, n in sorted(self.error_frames.items())]
         lines += self._lag_histogram()
