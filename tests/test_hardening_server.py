@@ -174,15 +174,33 @@ def test_admission_estimate():
     assert Admission(chunk_s=1.12, max_load=0, cost_s=10.0).admits(50)     # --max-load 0: no check
 
 
+def test_max_streams_defaults_to_the_measured_capacity():
+    from hpo_engine.server.app import TranslationServer
+    from test_sst_helpers import default_model
+    model = default_model()
+    for max_load in (0.8, 1e-6):
+        srv = TranslationServer(model, ServerConfig(max_new_tokens=3, max_load=max_load))
+        srv.calibrate()
+        assert srv.admission.cost_s > 0
+        # the streams whose compute per chunk fits under max_load of the chunk's audio (at least one)
+        assert srv.max_streams == srv.admission.capacity() >= 1
+        assert srv.max_streams * srv.admission.cost_s <= max_load * model.config.chunk_ms / 1000 \
+            or srv.max_streams == 1
+    assert model.engine.pool.num_used == 0              # the calibration stream gave its blocks back
+    srv = TranslationServer(model, ServerConfig(max_new_tokens=3, max_streams=5))
+    srv.calibrate()
+    assert srv.max_streams == 5                         # configured wins
+
+
 def test_busy_server_refuses_with_503_and_slots_have_a_wall_clock_limit(tmp_path):
-    """--max-load so low that one stream fills the measured capacity: --max-streams defaults to 1, the open
-    stream keeps its pace, a newcomer gets server_busy (HTTP 503 + Retry-After) before the upgrade; the open
-    stream, sending real-time silence, is finished at --max-stream-s with a named error."""
-    srv = start_server(tmp_path, "--max-new-tokens", "3", "--max-load", "0.0001", "--max-stream-s", "3",
-                       "--min-audio-rate", "0")
+    """--max-load so low that the measured compute of one stream fills it: the open stream keeps its pace,
+    a newcomer gets server_busy (HTTP 503 + Retry-After) before the upgrade though --max-streams is not
+    reached; the open stream, sending real-time silence, is finished at --max-stream-s with a named error."""
+    srv = start_server(tmp_path, "--max-new-tokens", "3", "--max-load", "0.0001", "--max-streams", "4",
+                       "--max-stream-s", "3", "--min-audio-rate", "0")
     try:
-        assert srv.metric("hpo_max_streams") == 1 and srv.metric("hpo_chunk_compute_seconds") > 0
-        assert "capacity: 1 stream(s) at most (measured)" in srv.log()
+        assert srv.metric("hpo_max_streams") == 4 and srv.metric("hpo_capacity_streams") == 1
+        assert srv.metric("hpo_chunk_compute_seconds") > 0
 
         async def go():
             async with connect(srv.url, additional_headers=auth(srv)) as ws:
@@ -200,9 +218,10 @@ def test_busy_server_refuses_with_503_and_slots_have_a_wall_clock_limit(tmp_path
                 return info.value.response, frames
         response, frames = guarded(go())
         assert response.status_code == 503 and response.headers["Retry-After"].isdigit()
-        assert response.body.startswith(b"server_full") or response.body.startswith(b"server_busy")
+        assert response.body.startswith(b"server_busy: the server cannot take one more stream")
         errors = [f["code"] for f in frames if f["type"] == "error"]
         assert errors == ["stream_time_limit"] and frames[-1]["type"] == "done"
         assert srv.metric("hpo_streams_refused_total") == 1
+        assert "end=stream_time_limit" in srv.log()
     finally:
         srv.stop()
