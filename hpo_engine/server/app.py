@@ -311,7 +311,8 @@ class TranslationServer:
         try:
             frame = json.loads(message)
         except (ValueError, RecursionError) as e:
-            self._error(s, "bad_json", f"text frame is not JSON ({getattr(e, 'msg', e)}); expected {{\"type\":\"end\"}}")
+            self._error(s, "bad_json", f"text frame is not JSON ({getattr(e, 'msg', e)}); "
+                        "expected {\"type\":\"end\"}")
             return
         kind = frame.get("type") if isinstance(frame, dict) else None
         if kind == "end":

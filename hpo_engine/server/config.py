@@ -37,7 +37,8 @@ class ServerConfig:
             raise ValueError(f"max_streams must be positive, got {self.max_streams}")
         if self.max_connection_buffer_bytes < 2 * (self.max_message_bytes + 1):
             raise ValueError(f"max_connection_buffer_bytes ({self.max_connection_buffer_bytes}) must hold two frames "
-                             f"over max_message_bytes ({self.max_message_bytes}): at least {2 * (self.max_message_bytes + 1)}")
+                             f"over max_message_bytes ({self.max_message_bytes}): at least "
+                             f"{2 * (self.max_message_bytes + 1)}")
 
     # The WebSocket layer buffers up to queue_frames whole frames plus the one it is reading, each at most
     # hard_message_bytes: their product is the per-connection bound. A frame over max_message_bytes but under

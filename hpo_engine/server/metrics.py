@@ -35,7 +35,8 @@ class ServerMetrics:
         for bound, n in zip([*map(str, LAG_BUCKETS_S), "+Inf"], self.lag_counts):
             total += n
             lines.append(f'hpo_stream_lag_seconds_bucket{{le="{bound}"}} {total}')
-        return lines + [f"hpo_stream_lag_seconds_sum {self.lag_seconds_sum:.6f}", f"hpo_stream_lag_seconds_count {total}"]
+        return lines + [f"hpo_stream_lag_seconds_sum {self.lag_seconds_sum:.6f}",
+                        f"hpo_stream_lag_seconds_count {total}"]
 
     def render(self, *, blocks_used: int, blocks_total: int, active_streams: int, max_streams: int,
                capacity: int | None, chunk_compute_s: float | None) -> str:
@@ -50,7 +51,7 @@ class ServerMetrics:
             f"hpo_streams_total {self.streams_total}",
             "# HELP hpo_max_streams Streams admitted at most (--max-streams, or measured at start).",
             "# TYPE hpo_max_streams gauge", f"hpo_max_streams {max_streams}",
-            "# HELP hpo_capacity_streams Streams the engine sustains in real time now (admission control; -1: unknown).",
+            "# HELP hpo_capacity_streams Streams the engine sustains in real time now (-1: unknown).",
             "# TYPE hpo_capacity_streams gauge", f"hpo_capacity_streams {-1 if capacity is None else capacity}",
             "# HELP hpo_chunk_compute_seconds Engine compute per chunk (the admission estimate; -1: unknown).",
             "# TYPE hpo_chunk_compute_seconds gauge",
@@ -69,7 +70,8 @@ class ServerMetrics:
             "# HELP hpo_buffered_audio_seconds_peak Most untranslated audio one stream held.",
             "# TYPE hpo_buffered_audio_seconds_peak gauge",
             f"hpo_buffered_audio_seconds_peak {self.buffered_seconds_peak:.3f}",
-            "# HELP hpo_error_frames_total Error frames sent (and upgrades refused), by code.", "# TYPE hpo_error_frames_total counter",
+            "# HELP hpo_error_frames_total Error frames sent (and upgrades refused), by code.",
+            "# TYPE hpo_error_frames_total counter",
         ]
         lines += [f'hpo_error_frames_total{{code="{code}"}} {n}' for code, n in sorted(self.error_frames.items())]
         lines += self._lag_histogram()
