@@ -47,7 +47,8 @@ def speech_pcm() -> bytes:
 def start_server(tmp: Path, max_new_tokens: int | None) -> tuple[subprocess.Popen, int]:
     log = tmp / "server.log"
     args = [sys.executable, "-c", "from hpo_engine.server.cli import serve; serve()", "--port", "0",
-            "--max-streams", "256", "--idle-timeout-s", "120"]
+            "--max-streams", "256", "--max-load", "0", "--max-connections-per-address", "256",
+            "--idle-timeout-s", "120"]
     if max_new_tokens:
         args += ["--max-new-tokens", str(max_new_tokens)]
     proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT,

@@ -23,11 +23,15 @@ MAX_MESSAGE = 65536
 MAX_BUFFERED_MS = 1120
 IDLE_S = 6
 FRAME = 8000            # the largest binary frame any test sends (0.25 s)
+# 16 clients at once from one address, faster than real time: these tests are not about admission
+# (test_hardening_server.py is)
+NO_ADMISSION_LIMITS = ("--max-streams", "64", "--max-load", "0", "--max-connections-per-address", "64")
 
 
 def start_test_server(folder):
     srv = start_server(folder, "--max-new-tokens", "3", "--max-message-bytes", str(MAX_MESSAGE),
-                       "--idle-timeout-s", str(IDLE_S), "--max-buffered-ms", str(MAX_BUFFERED_MS))
+                       "--idle-timeout-s", str(IDLE_S), "--max-buffered-ms", str(MAX_BUFFERED_MS),
+                       *NO_ADMISSION_LIMITS)
     srv.idle_blocks = srv.metric("hpo_kv_blocks_used")
     return srv
 
@@ -235,7 +239,8 @@ def test_a_stream_that_outgrows_the_cache_fails_alone(tmp_path):
     (its second turn reaches 68). The long one gets an out_of_memory error, the short one finishes, and
     the server keeps serving with every block back."""
     block_bytes = 16 * 30 * 2 * 3 * 64 * 4          # SmolLM2-135M, float32
-    srv = start_server(tmp_path, "--cache-memory", str(4 * block_bytes + 1000), "--max-new-tokens", "3")
+    srv = start_server(tmp_path, "--cache-memory", str(4 * block_bytes + 1000), "--max-new-tokens", "3",
+                       *NO_ADMISSION_LIMITS)
     try:
         short = espeak_pcm16("Hello.")[:16000 * 2]                 # at most 1 s: one (partial) chunk
         long = espeak_pcm16(" ".join(SENTENCES[:3]))               # several chunks

@@ -62,6 +62,7 @@ def start_server(tmp: Path, *args: str, token: str | None = "test-token") -> Ser
     if token is not None:
         token_file = tmp / "token"
         token_file.write_text(token + "\n")
+        token_file.chmod(0o600)             # serve refuses a token others can read
         args = ("--token-file", str(token_file), *args)
     log_path = tmp / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -26,7 +26,8 @@ DEADLINE_S = 240
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("page")
-    srv = start_server(tmp, "--max-new-tokens", "3", "--idle-timeout-s", "60", token=None)
+    srv = start_server(tmp, "--max-new-tokens", "3", "--idle-timeout-s", "60", "--max-streams", "8", "--max-load", "0",
+                       token=None)
     yield srv
     srv.stop()
 

@@ -13,10 +13,16 @@ from .units import LATENCY_UNITS
 
 
 def _emit(scores: Dict[str, float], as_json: bool) -> None:
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}
+    # JSON has no NaN or Infinity (json.dumps would write them anyway): they become null, and stderr says
+    # which scores were not finite, so that a null is never mistaken for a missing metric
+    undefined = [k for k, v in scores.items() if isinstance(v, float) and not math.isfinite(v)]
     if as_json:
-        click.echo(json.dumps(clean))
+        if undefined:
+            click.echo("warning: not finite, written as null: "
+                       + ", ".join(f"{k} ({scores[k]})" for k in undefined), err=True)
+        click.echo(json.dumps({k: None if k in undefined else v for k, v in scores.items()}, allow_nan=False))
         return
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}
     width = max(len(k) for k in clean) if clean else 0
     for key, value in clean.items():
         click.echo(f"{key:<{width}}  {'n/a' if value is None else f'{value:.4f}'}")

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Union
 import yaml
 
 from .segmentation_yaml import parse_segmentation
+from .units import prediction_units
 
 
 class MetricsInputError(ValueError):
@@ -41,6 +42,34 @@ def _number_list(value, key: str, where: str) -> List[float]:
     ):
         raise MetricsInputError(f"{where}: field {key!r} must be a list of finite numbers")
     return value
+
+
+def _check_latency(ins: LogInstance, unit: str, monotone: bool, where: str) -> None:
+    """The latency fields must describe the prediction: one delay per unit (a shorter list would score
+    the unmatched units as if never written), a source length to measure lags against, no negative
+    time, and with `monotone` delays that never decrease (a sentence's delays are the source read when
+    each unit was written; AL's cut at the source end assumes it. Long-form logs are left alone there:
+    the StreamLAAL and OmniSTEval tools take them as they come and resegment by time)."""
+    if ins.delays is None:
+        return
+    units = len(prediction_units(ins.prediction, unit))
+    if len(ins.delays) != units:
+        raise MetricsInputError(f"{where}: {units} {unit}s in the prediction but {len(ins.delays)} delays "
+                                f"(field 'delays' needs one per {unit}; is {unit} the log's latency unit?)")
+    if ins.source_length is None:
+        raise MetricsInputError(f"{where}: missing field 'source_length' (needed with 'delays')")
+    if not math.isfinite(ins.source_length) or ins.source_length < 0:
+        raise MetricsInputError(f"{where}: field 'source_length' must be a finite number >= 0 (ms), "
+                                f"got {ins.source_length}")
+    for key in ("delays", "elapsed"):
+        values = getattr(ins, key) or []
+        if any(v < 0 for v in values):
+            raise MetricsInputError(f"{where}: field {key!r} holds a negative time ({min(values)} ms)")
+    for k in range(1, len(ins.delays) if monotone else 0):
+        if ins.delays[k] < ins.delays[k - 1]:
+            raise MetricsInputError(f"{where}: field 'delays' decreases at position {k} ({ins.delays[k]} after "
+                                    f"{ins.delays[k - 1]}); delays are the source ms read when each unit was "
+                                    "written, so they never decrease")
 
 
 def _parse_line(text: str, line_number: int, path: str, position: int) -> LogInstance:
@@ -81,14 +110,18 @@ def _parse_line(text: str, line_number: int, path: str, position: int) -> LogIns
                        line_number)
 
 
-def read_instances_log(path: Union[str, Path]) -> List[LogInstance]:
-    """Parse a SimulEval instances.log (one JSON object per line; blank lines ignored)."""
+def read_instances_log(path: Union[str, Path], unit: Optional[str] = None,
+                       monotone_delays: bool = False) -> List[LogInstance]:
+    """Parse a SimulEval instances.log (one JSON object per line; blank lines ignored). With the latency
+    `unit`, the latency fields are also checked against the prediction (see _check_latency)."""
     path = str(path)
     instances: List[LogInstance] = []
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             if line.strip():
                 instances.append(_parse_line(line, line_number, path, len(instances)))
+                if unit is not None:
+                    _check_latency(instances[-1], unit, monotone_delays, f"{path} line {line_number}")
     if not instances:
         raise MetricsInputError(f"{path}: no instances (the log is empty)")
     return instances

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .instances import (MetricsInputError, attach_references, read_instances_log,
+from .instances import (attach_references, read_instances_log,
                         read_references, read_segmentation)
 from .omnisteval_longform import long_yaal, repair_elapsed, resegment_soft
 from .quality import QUALITY_METRICS, corpus_quality, default_bleu_tokenizer
@@ -37,15 +37,11 @@ def score_shortform(hypothesis: str, references: Optional[str] = None, unit: str
     fix_elapsed applies OmniSTEval's elapsed repair to YAAL_CA only (SimulEval's *_CA use the
     raw elapsed, as SimulEval does)."""
     check_unit(unit)
-    log = read_instances_log(hypothesis)
+    log = read_instances_log(hypothesis, unit, monotone_delays=True)
     refs = attach_references(log, None if references is None else read_references(references),
                              hypothesis)
     scores = corpus_quality([i.prediction for i in log], refs, bleu_tokenizer, quality)
-    scored = []
-    for ins, ref in zip(log, refs):
-        if ins.delays and ins.source_length is None:
-            raise MetricsInputError(f"{hypothesis} line {ins.line_number}: missing field 'source_length'")
-        scored.append(_Scored(ins.delays, ins.elapsed, ins.source_length, ref))
+    scored = [_Scored(ins.delays, ins.elapsed, ins.source_length, ref) for ins, ref in zip(log, refs)]
     if not any(s.delays for s in scored):
         return scores
     for metric in LATENCY_METRICS:
@@ -78,7 +74,7 @@ def score_longform(hypothesis: str, references: str, segmentation: str, lang: st
     SoftSegmenter (Moses-tokenized unless `moses` is False or lang is zh/ja) and LongYAAL(_CA)."""
     check_unit(unit)
     tokenizer = bleu_tokenizer or default_bleu_tokenizer(lang)
-    log = read_instances_log(hypothesis)
+    log = read_instances_log(hypothesis, unit)
     refs = read_references(references)
     segments = read_segmentation(segmentation)
     if segmenter == "mwer":

@@ -33,6 +33,8 @@ class Session:
     sst: object = None           # SSTStream, engine thread only
     processing_ms: list = field(default_factory=list)
     errors: int = 0
+    held_s: float = 0.0          # time the reader waited for the engine (backpressure): not the client's
+    rate_marks: deque = field(default_factory=lambda: deque([(0.0, 0)]))   # (client time, accepted samples)
 
     def __post_init__(self):
         self.space.set()
@@ -52,6 +54,18 @@ class Session:
         while self.buffered_samples >= self.max_buffered_samples and not self.finished:
             self.space.clear()
             await self.space.wait()
+
+    def audio_rate(self, now: float, window_s: float, sample_rate: int) -> float | None:
+        """Audio seconds received per second of the client's time (wall time less held_s) over the last
+        `window_s`; None until a whole window has passed. Call on every frame."""
+        t = now - self.started - self.held_s
+        self.rate_marks.append((t, self.accepted_samples))
+        while len(self.rate_marks) > 1 and self.rate_marks[1][0] <= t - window_s:
+            self.rate_marks.popleft()           # keep one mark at or before the window's start
+        t0, n0 = self.rate_marks[0]
+        if t - t0 < window_s:
+            return None
+        return (self.accepted_samples - n0) / sample_rate / (t - t0)
 
     def post(self, frame: dict | None) -> None:
         """From any thread: queue a frame for the client (None closes the connection)."""

@@ -26,9 +26,10 @@ log = logging.getLogger("hpo_engine.server")
 
 
 class EngineWorker(threading.Thread):
-    def __init__(self, model, metrics: ServerMetrics, max_new_tokens: int | None = None):
+    def __init__(self, model, metrics: ServerMetrics, max_new_tokens: int | None = None, admission=None):
         super().__init__(name="hpo-engine-worker", daemon=True)
         self.model, self.metrics, self.max_new_tokens = model, metrics, max_new_tokens
+        self.admission = admission      # told each step's compute and chunks (admission.py)
         self.lock = threading.Condition()
         self.sessions: list[Session] = []          # engine thread's view
         self._new: list[Session] = []
@@ -74,7 +75,10 @@ class EngineWorker(threading.Thread):
                 for s in self.sessions:
                     s.inbox.clear()
             try:
-                self._step(taken)
+                start = time.perf_counter()
+                chunks = self._step(taken)
+                if self.admission is not None:
+                    self.admission.record(time.perf_counter() - start, chunks)
             except OutOfBlocks as e:    # one stream alone outgrew the KV cache: it fails, the others go on
                 culprits = [s for s in self.sessions if s.sst is not None and s.sst.stream.seq.seq_id == e.seq_id]
                 for s in culprits or list(self.sessions):
@@ -87,7 +91,8 @@ class EngineWorker(threading.Thread):
         for s in list(self.sessions) + self._new:
             self._close(s, "shutdown")
 
-    def _step(self, taken: dict) -> None:
+    def _step(self, taken: dict) -> int:
+        """One step; returns the chunks it finished translating."""
         for s in list(self.sessions):
             if s.cancelled:
                 self._close(s, s.end_reason or "disconnect")
@@ -111,6 +116,7 @@ class EngineWorker(threading.Thread):
             s.processing_ms.append(delta.processing_ms)
             self.metrics.chunks_total += 1
             self.metrics.chunk_seconds_sum += delta.processing_ms / 1000
+            self.metrics.observe_lag(delta.processing_ms / 1000)
             s.post({"type": "translation", "text": delta.text, "audio_ms": round(delta.audio_ms, 3),
                     "elapsed_ms": round(delta.elapsed_ms, 1), "processing_ms": round(delta.processing_ms, 1),
                     "turn": delta.turn})
@@ -120,6 +126,7 @@ class EngineWorker(threading.Thread):
             if s.sst is not None and s.sst.finished:
                 s.post({"type": "done", "text": s.sst.text, "audio_ms": round(s.sst.audio_ms, 3)})
                 self._close(s, s.end_reason or "end")
+        return len(results)
 
     def _fail(self, s: Session, code: str, message: str) -> None:
         self.metrics.count_error(code)

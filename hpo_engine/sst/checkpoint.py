@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from hpo_engine.manifest import IntegrityError, check_manifest, has_manifest
 from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, SpeechFrontEnd, WhisperEncoder
 
 from .adapter import ADAPTER_FILE, apply_adapter, read_adapter
@@ -95,6 +96,11 @@ def open_sst(path=None, device="cpu", dtype=torch.float32, **engine_options) -> 
         from .default_model import default_sst_path
         path = default_sst_path()
     path = Path(path)
+    if has_manifest(path):      # an export (train/export.py): its files as they were written
+        try:
+            check_manifest(path)
+        except IntegrityError as e:
+            raise SSTConfigError(f"damaged SST checkpoint: {e}") from None
     config = SSTConfig.load(path)
     encoder = load_module(WhisperEncoder(EncoderConfig(**config.encoder)), path / ENCODER_FILE).to(device)
     projector = load_module(Projector(ProjectorConfig(**config.projector)), path / PROJECTOR_FILE).to(device)

@@ -1,7 +1,11 @@
 """`hpo-engine translate AUDIO... --output instances.log` (register with main.add_command(translate))."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -28,7 +32,7 @@ def translate(audio, output, model_path, target_lang, references, max_new_tokens
     """Simulated streaming translation of AUDIO files (any rate; delays and elapsed in ms)."""
     from tqdm import tqdm
 
-    from hpo_engine.speech.audio import AudioFormatError, load_audio
+    from hpo_engine.speech.audio import load_audio
 
     from .checkpoint import open_sst
     from .config import SSTConfigError
@@ -44,6 +48,12 @@ def translate(audio, output, model_path, target_lang, references, max_new_tokens
             raise click.UsageError(f"{references} holds {len(refs)} lines for {len(audio)} audio file(s)")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise click.BadParameter("must be >= 1", param_hint="--max-new-tokens")
+    # every input is checked before the model loads, so a bad one is named at once, not hours into a batch
+    bad = {i: reason for i, path in enumerate(audio) if (reason := _unreadable(path))}   # index -> why
+    for i, reason in bad.items():
+        click.echo(f"skipping {audio[i]}: {reason}", err=True)
+    if len(bad) == len(audio):
+        raise click.ClickException(f"no readable audio among {len(audio)} file(s); {output} is left as it was")
     try:
         model = open_sst(model_path)
         model.config = model.config.with_chunk_multiplier(chunk_multiplier)
@@ -53,14 +63,50 @@ def translate(audio, output, model_path, target_lang, references, max_new_tokens
         raise click.ClickException(str(e)) from None
     if not model.config.trained:
         click.echo(f"note: {model.config.description or 'the model is untrained'}", err=True)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", encoding="utf-8") as out:
-        for i, path in enumerate(tqdm(audio, desc="translate", unit="file")):
-            try:
-                wave = load_audio(path)
-            except AudioFormatError as e:
-                raise click.ClickException(str(e)) from None
-            inst = simulate(model, wave, target_lang, max_new_tokens, latency_unit)
-            row = inst.to_log(i, source=str(path), reference=refs[i] if refs else None)
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            out.flush()
+    todo = [(i, path) for i, path in enumerate(audio) if i not in bad]
+    try:
+        with atomic_output(output) as out:
+            for i, path in tqdm(todo, desc="translate", unit="file"):
+                try:
+                    inst = simulate(model, load_audio(path), target_lang, max_new_tokens, latency_unit)
+                except ValueError as e:       # AudioFormatError, or audio the front end refuses
+                    bad[i] = str(e)
+                    tqdm.write(f"skipping {path}: {e}", file=sys.stderr)
+                    continue
+                row = inst.to_log(i, source=str(path), reference=refs[i] if refs else None)
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except OSError as e:
+        raise click.ClickException(f"cannot write {output}: {e}") from None
+    if bad:
+        raise click.ClickException(f"{len(bad)} of {len(audio)} file(s) skipped, each named above ("
+                                   + ", ".join(audio[i] for i in bad) + f"); {output} holds the other "
+                                   f"{len(audio) - len(bad)}")
+
+
+def _unreadable(path: str) -> str | None:
+    """Why `path` cannot be translated (decodes, holds samples, finite, not cut off), or None."""
+    from hpo_engine.speech.audio import AudioFormatError, load_audio
+    try:
+        load_audio(path)
+    except AudioFormatError as e:
+        return str(e)
+    return None
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """A text file that appears at `path` complete or not at all: written beside it (same file system,
+    so the rename is atomic) and renamed on success; on any failure the old file stays as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)   # mkstemp's is 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

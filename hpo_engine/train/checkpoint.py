@@ -4,12 +4,16 @@ A checkpoint folder `step_000010/` holds
   model.safetensors: the LLM weights training changes (all of them with train_llm = all: then the folder,
     with the config.json and tokenizer files copied from the base model, loads by Engine.from_pretrained),
   adapters.safetensors: projector.* and lora.* tensors, when trained,
-  optimizer.pt, rng.pt (torch, numpy, python states), state.json (step, data position, validation, config).
-A crash mid-write leaves only a `.tmp-*` folder, which is ignored and cleaned up later.
+  optimizer.pt, rng.pt (torch, numpy, python states), state.json (step, data position, validation, config),
+  manifest.json: size and sha256 of every other file (hpo_engine/manifest.py), checked on load.
+A crash mid-write leaves only a `.tmp-*` folder, which is ignored and cleaned up later. A checkpoint damaged
+after it was written (truncated, edited, a flipped bit) fails its check; `--resume` then takes the newest
+intact one and says which it skipped and why.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -19,6 +23,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hpo_engine.manifest import IntegrityError, check_manifest, has_manifest, write_manifest
+
+log = logging.getLogger("hpo_engine.train")
 BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model")
 
@@ -58,6 +65,7 @@ def save_checkpoint(root, step: int, tensors: dict, optimizer, state: dict, base
     torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+    write_manifest(tmp)
     for f in tmp.iterdir():       # data on disk before the rename makes it visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -79,14 +87,43 @@ def load_tensors(path) -> dict:
 
 
 def load_checkpoint(path, optimizer) -> tuple[dict, dict]:
-    """Restore the optimizer and RNG states in place; return (trained tensors, state.json)."""
+    """Check the checkpoint against its manifest, restore the optimizer and RNG states in place; return
+    (trained tensors, state.json). IntegrityError says what is damaged (then nothing was restored)."""
     path = Path(path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
+    if has_manifest(path):
+        check_manifest(path)
+    try:        # a checkpoint written before manifests existed can only be checked by reading it
+        state = json.loads((path / "state.json").read_text())
+        tensors = load_tensors(path)
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=False)
+        rng = torch.load(path / "rng.pt", weights_only=False)
+    except Exception as e:
+        raise IntegrityError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
-    return load_tensors(path), json.loads((path / "state.json").read_text())
+    return tensors, state
+
+
+def resume_checkpoint(root, optimizer) -> tuple[Path, dict, dict]:
+    """Load the newest intact checkpoint under `root` (see load_checkpoint): (its folder, tensors, state).
+    Each damaged one skipped is logged with the reason; FileNotFoundError when none is intact."""
+    found = list_checkpoints(root)
+    if not found:
+        raise FileNotFoundError(f"--resume: no checkpoint under {root}")
+    damaged = []
+    for path in reversed(found):
+        try:
+            tensors, state = load_checkpoint(path, optimizer)
+        except IntegrityError as e:
+            damaged.append(str(e))
+            log.warning("--resume: skipping %s: %s", path.name, e)
+            continue
+        if damaged:
+            log.warning("--resume: resuming from %s (step %d), the newest intact checkpoint", path.name, state["step"])
+        return path, tensors, state
+    raise FileNotFoundError(f"--resume: every checkpoint under {root} is damaged: " + "; ".join(damaged))
 
 
 def load_extra(path) -> dict:
@@ -103,7 +140,10 @@ def prune(root, keep_best: int, metric: str) -> None:
     if not ckpts:
         return
     def score(p):
-        v = json.loads((p / "state.json").read_text()).get("validation") or {}
+        try:
+            v = json.loads((p / "state.json").read_text()).get("validation") or {}
+        except ValueError:      # a damaged checkpoint ranks last (resume_checkpoint says why)
+            return float("-inf")
         return v.get(metric, float("-inf"))
     ranked = sorted(ckpts[:-1], key=lambda p: (score(p), p.name), reverse=True)
     for p in ranked[keep_best:]:

@@ -3,7 +3,8 @@
     OUT/  the base checkpoint's LLM files and encoder (hard links), the trained projector,
           speech/llm_adapter.safetensors = the base's adapter combined with what this run trained,
           sst_config.json marked trained, with a description of the run.
-Written into OUT.tmp, then renamed: a half-written folder is never taken for a model.
+Written into OUT.tmp with a manifest of checksums (hpo_engine/manifest.py; open_sst checks it), then
+renamed: a half-written folder is never taken for a model, a damaged one is named when opened.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from hpo_engine.manifest import write_manifest
 from hpo_engine.sst.adapter import combine, read_adapter, write_adapter
 from hpo_engine.sst.checkpoint import ENCODER_FILE, PROJECTOR_FILE, link_llm_files, link_or_copy
 
@@ -43,6 +45,7 @@ def export_sst(run, out, description: str) -> Path:
         write_adapter(tmp, adapter)
     config = dataclasses.replace(run.sst, trained=True, description=description)
     config.save(tmp)
+    write_manifest(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

@@ -64,15 +64,12 @@ def _tensorboard(out_dir: Path):
 
 
 def resume_latest(run: Run, ckpt_root: Path, metrics_path: Path) -> int:
-    """Load the latest checkpoint (trained tensors, optimizer, fp32 masters, data order) into `run`;
-    returns its step. Logged steps after it are dropped (they will be run again)."""
-    found = ckpt.list_checkpoints(ckpt_root)
-    if not found:
-        raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
-    tensors, state = ckpt.load_checkpoint(found[-1], run.optimizer)
-    run.trainable.load_state(tensors, str(found[-1]))
+    """Load the newest intact checkpoint (trained tensors, optimizer, fp32 masters, data order) into
+    `run`; returns its step. Logged steps after it are dropped (they will be run again)."""
+    found, tensors, state = ckpt.resume_checkpoint(ckpt_root, run.optimizer)
+    run.trainable.load_state(tensors, str(found))
     if run.master is not None:
-        run.master.load(ckpt.load_extra(found[-1]))
+        run.master.load(ckpt.load_extra(found))
     run.loader.load_state(state["data"])
     start = state["step"]
     run.engine.reset_prefix_cache()
