@@ -15,3 +15,14 @@ def sha256_of(path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def built_folder(name: str, asset: str, build, want_build: bool = True) -> Path:
+    """`cache_dir()/models/NAME` once its build record exists, else `build(folder)` (or an error naming
+    the command that builds it when `want_build` is false)."""
+    out = cache_dir() / "models" / name
+    if (out / "hpo_build.json").is_file():
+        return out
+    if not want_build:
+        raise FileNotFoundError(f"{out} is not built: run `python -m hpo_engine.assets {asset}`")
+    return build(out)

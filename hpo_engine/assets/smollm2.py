@@ -8,7 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from hpo_engine.assets.cache import cache_dir, sha256_of
+from hpo_engine.assets.cache import built_folder, sha256_of
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -29,12 +29,7 @@ def gguf_path() -> Path:
 
 def smollm2_path(build: bool = True) -> Path:
     """Path of the float folder; builds it when missing (about 20 s)."""
-    out = cache_dir() / "models" / FOLDER_NAME
-    if (out / "hpo_build.json").is_file():
-        return out
-    if not build:
-        raise FileNotFoundError(f"{out} is not built: run `python -m hpo_engine.assets smollm2`")
-    return build_smollm2(out)
+    return built_folder(FOLDER_NAME, "smollm2", build_smollm2, build)
 
 
 def build_smollm2(out: Path) -> Path:
