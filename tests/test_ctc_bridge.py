@@ -11,7 +11,7 @@ def make_bridge(seed=0, vocab=(5, 9, 17, 30), top_k=2):
     return CTCBridge(cfg).attach_embeddings(torch.randn(40, 8)), cfg
 
 
-def reference_rows(bridge, frames, cut):
+def reference_rows(bridge, frames):
     """Rows of the whole input, computed frame by frame from the logits (no chunking)."""
     logits = bridge(frames)
     rows, last = [], BLANK
@@ -33,7 +33,7 @@ def test_chunked_rows_equal_whole_input(seed):
         frames = torch.randn(37, 12)
         state = bridge.new_state()
         chunked = torch.cat([bridge.chunk_rows(frames[a:b], state) for a, b in ((0, 10), (10, 24), (24, 37))])
-        whole = reference_rows(bridge, frames, None)
+        whole = reference_rows(bridge, frames)
         assert chunked.shape == whole.shape and len(whole) > 0
         torch.testing.assert_close(chunked, whole)
         assert len(bridge.greedy_ids(frames)) == len(whole)

@@ -77,10 +77,6 @@ class CTCBridge(nn.Module):
         self.embeddings = embedding_table.detach()[self.vocab.to(embedding_table.device)].clone()
         return self
 
-    def num_embeddings(self, n_frames: int) -> int:
-        """The most rows `n_frames` encoder frames can give (one per CTC frame)."""
-        return -(-n_frames // self.cfg.stack)
-
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [..., T, d_encoder] -> CTC logits [..., ceil(T / stack), 1 + V]."""
         return self.head(self.mlp(stack_frames(frames, self.cfg.stack)))
@@ -94,8 +90,7 @@ class CTCBridge(nn.Module):
             raise RuntimeError("CTCBridge.attach_embeddings was not called")
         logits = self(frames).float()
         best = logits.argmax(-1)
-        previous = torch.cat([best.new_tensor([state.last_class]), best[:-1]])
-        emit = (best != BLANK) & (best != previous)
+        emit = emitting(best, state.last_class)
         if len(best):
             state.last_class = int(best[-1])
         if not bool(emit.any()):
@@ -106,13 +101,15 @@ class CTCBridge(nn.Module):
 
     def greedy_ids(self, frames: torch.Tensor) -> list[int]:
         """The collapsed best path as LLM token ids (what the bridge 'hears'; for checks and reports)."""
-        best = self(frames).argmax(-1).tolist()
-        out, last = [], BLANK
-        for c in best:
-            if c != BLANK and c != last:
-                out.append(self.cfg.vocab_ids[c - 1])
-            last = c
-        return out
+        best = self(frames).argmax(-1)
+        return [self.cfg.vocab_ids[c - 1] for c in best[emitting(best, BLANK)].tolist()]
+
+
+def emitting(best: torch.Tensor, last_class: int) -> torch.Tensor:
+    """CTC's collapse rule: frames [T] whose best class is not blank and differs from the frame before
+    (`last_class`: the best class of the frame before the first)."""
+    previous = torch.cat([best.new_tensor([last_class]), best[:-1]])
+    return (best != BLANK) & (best != previous)
 
 
 def ctc_loss(bridge: CTCBridge, frames: torch.Tensor, frame_lengths: torch.Tensor, targets: list[list[int]],
