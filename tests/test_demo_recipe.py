@@ -69,6 +69,6 @@ def test_installed_trained_part_becomes_the_default(tmp_path, monkeypatch):
         torch.testing.assert_close(w, w0 + bf[f"lora.B.{key}"] @ bf[f"lora.A.{key}"], atol=1e-4, rtol=1e-4)
         other = model.engine.model.model.layers[2].self_attn.q_proj.weight
         assert torch.equal(other, plain.engine.model.model.layers[2].self_attn.q_proj.weight)
-        torch.testing.assert_close(model.projector.fc1.weight, projector["fc1.weight"].to(torch.bfloat16).float())
+        torch.testing.assert_close(model.adapter.fc1.weight, projector["fc1.weight"].to(torch.bfloat16).float())
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -46,7 +46,7 @@ def parts():
 def test_front_end_gives_P_embeddings_per_chunk(parts, m):
     enc, proj = parts
     fe = SpeechFrontEnd(enc, proj, chunk_ms=1120 * m, left_context_ms=2000)
-    assert fe.embeddings_per_chunk == 14 * m and fe.chunk_samples == 17920 * m
+    assert fe.max_rows_per_chunk == 14 * m and fe.chunk_samples == 17920 * m
     rng = np.random.default_rng(m)
     audio = rng.standard_normal(int(16000 * 3.5 * m) + 77).astype(np.float32)
     chunks = fe.push(audio[:10000]) + fe.push(audio[10000:])

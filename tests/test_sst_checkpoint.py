@@ -27,7 +27,7 @@ def test_default_folder_layout_and_honest_config():
     assert cfg.placeholder_token_id in banned
     assert tok.encode("\n", add_special_tokens=False)[0] in banned
     assert not banned & set(cfg.stop_token_ids)
-    assert cfg.frames_per_chunk * 80 == cfg.chunk_ms == model.new_frontend().embeddings_per_chunk * 80
+    assert cfg.frames_per_chunk * 80 == cfg.chunk_ms == model.new_frontend().max_rows_per_chunk * 80
 
 
 def test_dialogue_tokens_follow_the_chat_template():

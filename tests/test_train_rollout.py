@@ -29,7 +29,7 @@ def run(tmp_path_factory):
 def test_training_sequence_is_the_dialogue(run):
     fmt, P = run.fmt, run.cfg.dialogue.frames_per_chunk
     windows = run.loader.next_batch(2)
-    samples = rollout(run.engine, windows, fmt, run.cfg.rollout, P, seed=11)
+    samples = rollout(run.engine, windows, fmt, run.cfg.rollout, seed=11)
     assert len(samples) == 2 * run.cfg.rollout.group_size
     assert [s.window for s in samples] == [0] * 8 + [1] * 8
     for s in samples:
@@ -45,7 +45,7 @@ def test_training_sequence_is_the_dialogue(run):
         assert ids[:len(fmt.first_prefix)] == fmt.first_prefix
         assert [ids[i] for i in s.assistant_mask.nonzero().squeeze(1).tolist()] == sum(s.answers, [])
     # the same seed gives the same samples; samples of a group differ
-    again = rollout(run.engine, windows, fmt, run.cfg.rollout, P, seed=11)
+    again = rollout(run.engine, windows, fmt, run.cfg.rollout, seed=11)
     assert [s.answers for s in again] == [s.answers for s in samples]
     assert len({str(s.answers) for s in samples[:8]}) > 1
 
@@ -53,7 +53,7 @@ def test_training_sequence_is_the_dialogue(run):
 def test_trainer_logprobs_match_sampler(run):
     """Packed full-sequence forward (trainer) vs paged-cache sampling (runtime): within 1e-4."""
     windows = run.loader.next_batch(2)
-    samples = rollout(run.engine, windows, run.fmt, run.cfg.rollout, run.cfg.dialogue.frames_per_chunk, seed=5)
+    samples = rollout(run.engine, windows, run.fmt, run.cfg.rollout, seed=5)
     assert run.cfg.rollout.temperature == 1.0 and next(run.model.parameters()).dtype == torch.float32
     for max_tokens in (10_000, 200):          # one micro-batch, and several
         recomputed = all_assistant_logprobs(run.model, samples, run.banned, 1.0, max_tokens)
@@ -69,7 +69,7 @@ def test_trainer_logprobs_match_sampler(run):
 
 def test_micro_batches_pack_by_tokens(run):
     windows = run.loader.next_batch(1)
-    samples = rollout(run.engine, windows, run.fmt, run.cfg.rollout, run.cfg.dialogue.frames_per_chunk, seed=1)
+    samples = rollout(run.engine, windows, run.fmt, run.cfg.rollout, seed=1)
     n = samples[0].num_tokens
     batches = micro_batches(samples, [3, 1, 2, 0], max_tokens=2 * n + max(s.num_tokens for s in samples) - n)
     assert sorted(sum(batches, [])) == [0, 1, 2, 3] and sum(batches, [])[:2] == [3, 1]
@@ -94,7 +94,7 @@ def test_update_gradient_is_micro_batch_invariant(run):
     """One global batch: a single micro-batch, many small ones and gradient checkpointing give the
     same gradient and the same token-mean metrics."""
     P = run.cfg.dialogue.frames_per_chunk
-    samples = rollout(run.engine, run.loader.next_batch(2), run.fmt, run.cfg.rollout, P, seed=3)
+    samples = rollout(run.engine, run.loader.next_batch(2), run.fmt, run.cfg.rollout, seed=3)
     old = all_assistant_logprobs(run.model, samples, run.banned, 1.0, 10_000)
     gen = [s.gen_logprobs[s.assistant_mask] for s in samples]
     ref = [o + 0.05 * torch.randn(o.shape, generator=torch.Generator().manual_seed(i)) for i, o in enumerate(old)]

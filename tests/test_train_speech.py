@@ -152,7 +152,7 @@ def test_sft_from_sst_trains_projector_and_lora_only_then_exports(workdir, tmp_p
     ids = run.fmt.user_turn(0, P)
     with torch.no_grad():
         emb_train = run.trainable.projector(torch.from_numpy(windows[0].embeds[:4 * P]))
-        emb_served = exported.projector(torch.from_numpy(windows[0].embeds[:4 * P]))
+        emb_served = exported.adapter(torch.from_numpy(windows[0].embeds[:4 * P]))
     torch.testing.assert_close(emb_served, emb_train)
     from hpo_engine.runtime.sampling import SamplingParams
     params = SamplingParams(max_new_tokens=5, temperature=0.0, banned_token_ids=run.fmt.banned_ids,
@@ -191,7 +191,7 @@ def test_hpo_from_an_sft_export_starts_at_its_weights_and_logprobs_match(workdir
     for (n, p), (_, q) in zip(run.model.named_parameters(), served.engine.model.named_parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)     # starts at the SFT weights
     assert run.ref_model is not None
-    samples = rollout(run.engine, run.loader.next_batch(2), run.fmt, cfg.rollout, P, seed=9,
+    samples = rollout(run.engine, run.loader.next_batch(2), run.fmt, cfg.rollout, seed=9,
                       embed_speech=run.embed_speech, rows_per_embedding=run.rows_per_embedding)
     recomputed = all_assistant_logprobs(run.model, samples, run.banned, 1.0, 400, run.embed_speech)
     reference = reference_logprobs(run, samples)
@@ -259,7 +259,7 @@ def test_hpo_continues_the_sft_lora_instead_of_stacking_one(workdir, tmp_path):
     assert run.continued_lora and run.ref_model is not None
     for k, v in run.trainable.lora.scaled_tensors().items():                   # loaded, not merged
         torch.testing.assert_close(v, sft_adapter[f"lora.{k}"])
-    samples = rollout(run.engine, run.loader.next_batch(2), run.fmt, cfg.rollout, P, seed=1,
+    samples = rollout(run.engine, run.loader.next_batch(2), run.fmt, cfg.rollout, seed=1,
                       embed_speech=run.embed_speech, rows_per_embedding=run.rows_per_embedding)
     policy = all_assistant_logprobs(run.model, samples, run.banned, 1.0, 400, run.embed_speech)
     for lp, ref in zip(policy, reference_logprobs(run, samples)):

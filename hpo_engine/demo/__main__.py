@@ -1,6 +1,8 @@
 """`python -m hpo_engine.demo data|sft|hpo|eval|install OUT_DIR`: the demo SST model, end to end.
 
     python -m hpo_engine.demo data OUT      synthesised EN-DE talks -> encoder frames, manifests (data.py)
+    python -m hpo_engine.demo bridge OUT    the CTC bridge on those frames -> OUT/bridge     (bridge.py)
+    python -m hpo_engine.demo assemble OUT  bridge + Whisper + Qwen2.5-0.5B -> OUT/bridge/sst
     python -m hpo_engine.demo sft OUT       SFT from the untrained default -> OUT/sft/sst      (recipe.py)
     python -m hpo_engine.demo hpo OUT       HPO from OUT/sft/sst -> OUT/hpo/sst
     python -m hpo_engine.demo eval OUT      test talks at chunk multipliers 1..4 -> OUT/eval/table.md
@@ -94,6 +96,22 @@ def bridge(out_dir, llm, epochs, threads):
     record = train_bridge(out_dir, AutoTokenizer.from_pretrained(llm or qwen25_path()), epochs=epochs)
     click.echo(f"bridge: epoch {record.get('epoch')}, valid token error rate "
                f"{record.get('valid_token_error_rate', float('nan')):.3f}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--llm", type=click.Path(file_okay=False, exists=True), default=None,
+              help="LLM folder (default: the Qwen2.5-0.5B build); the bridge's classes are its token ids.")
+def assemble(out_dir, llm):
+    """OUT/bridge (trained) + Whisper tiny.en + the LLM -> the SST checkpoint OUT/bridge/sst."""
+    from pathlib import Path
+
+    from hpo_engine.assets.qwen25 import qwen25_path
+
+    from .bridge import assemble_sst
+    if not (Path(out_dir) / "bridge" / "bridge.safetensors").is_file():
+        raise click.ClickException(f"{out_dir}/bridge has no trained bridge: run `bridge {out_dir}` first")
+    click.echo(f"SST checkpoint: {assemble_sst(Path(out_dir) / 'bridge', llm or qwen25_path(), Path(out_dir) / 'bridge' / 'sst')}")
 
 
 sft = _stage("sft")

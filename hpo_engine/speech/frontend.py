@@ -1,7 +1,10 @@
-"""Audio to placeholder embeddings, chunk by chunk: StreamingEncoder + Projector.
+"""Audio to LLM-width speech rows, chunk by chunk: StreamingEncoder + a speech adapter.
 
-    PCM (any split) -> per completed chunk: [P, d_llm], P = chunk_frames / stack
-    (HPO geometry: chunk = 1.12 s * m = 56 m encoder frames -> P = 14 m embeddings of 80 ms)
+    PCM (any split) -> per completed chunk of F = chunk_ms / 20 encoder frames: rows [n, d_llm]
+    adapter = Projector:  n = F / stack, always (HPO geometry: 1.12 s * m = 56 m frames -> 14 m rows of 80 ms)
+    adapter = CTCBridge:  n = the chunk's emitted CTC tokens, 0 .. F / stack (often 0 in a pause)
+
+Both adapters expose `new_state()` (per stream) and `chunk_rows(frames [F, d_enc], state) -> [n, d_llm]`.
 """
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import torch
 
 from .audio import pcm16_to_float
 from .encoder import WhisperEncoder
-from .projector import Projector
 from .streaming import SAMPLES_PER_FRAME, StreamingEncoder
 
 FRAME_MS = 20            # one Whisper encoder frame
@@ -18,34 +20,38 @@ HPO_CHUNK_MS = 1120      # m = 1
 
 
 class SpeechFrontEnd:
-    def __init__(self, encoder: WhisperEncoder, projector: Projector, chunk_ms: int = HPO_CHUNK_MS,
+    def __init__(self, encoder: WhisperEncoder, adapter, chunk_ms: int = HPO_CHUNK_MS,
                  left_context_ms: int = 4000, positions: str = "window", right_context_ms: int = 0):
         frames, rest = divmod(chunk_ms, FRAME_MS)
-        stack = projector.cfg.stack
+        stack = adapter.cfg.stack
         if rest or frames % stack:
             raise ValueError(f"chunk_ms={chunk_ms} must be a multiple of {FRAME_MS * stack} ms "
-                             f"({stack} frames of {FRAME_MS} ms per embedding)")
-        if projector.cfg.d_encoder != encoder.cfg.d_model:
-            raise ValueError(f"projector expects width {projector.cfg.d_encoder}, encoder gives {encoder.cfg.d_model}")
+                             f"({stack} frames of {FRAME_MS} ms per row)")
+        if adapter.cfg.d_encoder != encoder.cfg.d_model:
+            raise ValueError(f"{type(adapter).__name__} expects width {adapter.cfg.d_encoder}, "
+                             f"encoder gives {encoder.cfg.d_model}")
         self.stream = StreamingEncoder(encoder, frames, left_context_ms // FRAME_MS, positions,
                                        right_context_ms // FRAME_MS)
-        self.projector = projector
-        self.embeddings_per_chunk = frames // stack
+        self.adapter, self.state = adapter, adapter.new_state()
+        self.frames_per_chunk = frames
+        self.max_rows_per_chunk = frames // stack
         self.chunk_samples = frames * SAMPLES_PER_FRAME
 
     @torch.inference_mode()
-    def _project(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        w = next(self.projector.parameters())
-        emb = self.projector(frames.to(w.device, w.dtype))
-        return list(torch.split(emb, self.embeddings_per_chunk)) if len(emb) else []
+    def _rows(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        if not len(frames):
+            return []
+        w = next(self.adapter.parameters())
+        frames = frames.to(w.device, w.dtype)
+        return [self.adapter.chunk_rows(chunk, self.state) for chunk in torch.split(frames, self.frames_per_chunk)]
 
     def push(self, pcm: np.ndarray) -> list[torch.Tensor]:
-        """float PCM [n] @ 16 kHz -> one [P, d_llm] tensor per chunk completed by it (often none)."""
-        return self._project(self.stream.push(pcm))
+        """float PCM [n] @ 16 kHz -> one [rows, d_llm] tensor per chunk completed by it (often none)."""
+        return self._rows(self.stream.push(pcm))
 
     def push_pcm16(self, data: bytes) -> list[torch.Tensor]:
         return self.push(pcm16_to_float(data, allow_empty=True))
 
     def flush(self) -> list[torch.Tensor]:
-        """End of stream: the rest as [P, d_llm] chunks and a last [ceil(rest / stack) <= P, d_llm] (or nothing)."""
-        return self._project(self.stream.flush())
+        """End of stream: the rest as full chunks and a last shorter one (or nothing)."""
+        return self._rows(self.stream.flush())

@@ -49,3 +49,11 @@ class Projector(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [..., T, d_encoder] -> [..., ceil(T / stack), d_llm]."""
         return self.fc2(F.gelu(self.fc1(stack_frames(frames, self.cfg.stack))))
+
+    def new_state(self) -> None:
+        """A projector keeps no state across chunks (the front end's adapter interface)."""
+        return None
+
+    def chunk_rows(self, frames: torch.Tensor, state: None = None) -> torch.Tensor:
+        """One chunk's encoder frames [T, d_encoder] -> its rows [ceil(T / stack), d_llm]."""
+        return self(frames)

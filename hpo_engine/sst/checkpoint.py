@@ -2,7 +2,9 @@
 
     FOLDER/config.json, *.safetensors, tokenizer files   the LLM (Engine.from_pretrained opens FOLDER as is)
     FOLDER/speech/encoder.safetensors                    the Whisper-family encoder (hpo_engine.speech names)
-    FOLDER/speech/projector.safetensors                  frame stacking + MLP to the LLM width
+    FOLDER/speech/projector.safetensors                  frame stacking + MLP to the LLM width, or
+    FOLDER/speech/bridge.safetensors                     a CTC bridge (speech/ctc_bridge.py): rows of the
+                                                         LLM's own embedding table, a variable number a chunk
     FOLDER/speech/llm_adapter.safetensors                optional: the trained LLM part (sst/adapter.py)
     FOLDER/sst_config.json                               SSTConfig
 
@@ -20,12 +22,14 @@ from safetensors.torch import load_file, save_file
 
 from hpo_engine.manifest import IntegrityError, check_manifest, has_manifest
 from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, SpeechFrontEnd, WhisperEncoder
+from hpo_engine.speech.ctc_bridge import CTCBridge, CTCBridgeConfig
 
 from .adapter import ADAPTER_FILE, apply_adapter, read_adapter
 from .config import CONFIG_NAME, SSTConfig, SSTConfigError
 
 ENCODER_FILE = "speech/encoder.safetensors"
 PROJECTOR_FILE = "speech/projector.safetensors"
+BRIDGE_FILE = "speech/bridge.safetensors"
 
 
 @dataclass
@@ -35,15 +39,15 @@ class SSTModel:
     config: SSTConfig
     engine: object            # hpo_engine Engine
     encoder: WhisperEncoder
-    projector: Projector
+    adapter: Projector | CTCBridge     # encoder frames -> LLM-width rows
 
     @property
     def tokenizer(self):
         return self.engine.tokenizer
 
     def new_frontend(self) -> SpeechFrontEnd:
-        """Per-stream encoder state over the shared weights."""
-        return SpeechFrontEnd(self.encoder, self.projector, chunk_ms=self.config.chunk_ms,
+        """Per-stream encoder (and bridge) state over the shared weights."""
+        return SpeechFrontEnd(self.encoder, self.adapter, chunk_ms=self.config.chunk_ms,
                               left_context_ms=self.config.left_context_ms)
 
 
@@ -64,17 +68,27 @@ def link_llm_files(src: Path, dst: Path) -> None:
             link_or_copy(f, Path(dst) / f.name)
 
 
-def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder, projector: Projector,
+def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder, adapter: Projector | CTCBridge,
              config: SSTConfig) -> Path:
     folder, llm_folder = Path(folder), Path(llm_folder)
-    config.encoder, config.projector = asdict(encoder.cfg), projector.cfg.to_dict()
+    bridge = isinstance(adapter, CTCBridge)
+    config.encoder = asdict(encoder.cfg)
+    config.projector, config.bridge = ({}, adapter.cfg.to_dict()) if bridge else (adapter.cfg.to_dict(), {})
     config.validate()
     link_llm_files(llm_folder, folder)
     (folder / "speech").mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, folder / ENCODER_FILE)
-    save_file({k: v.contiguous() for k, v in projector.state_dict().items()}, folder / PROJECTOR_FILE)
+    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()},
+              folder / (BRIDGE_FILE if bridge else PROJECTOR_FILE))
     config.save(folder)
     return folder
+
+
+def load_adapter(config: SSTConfig, folder: Path) -> Projector | CTCBridge:
+    """The checkpoint's speech adapter: its CTC bridge when sst_config.json names one, else its projector."""
+    if config.bridge:
+        return load_module(CTCBridge(CTCBridgeConfig.from_dict(config.bridge)), Path(folder) / BRIDGE_FILE)
+    return load_module(Projector(ProjectorConfig(**config.projector)), Path(folder) / PROJECTOR_FILE)
 
 
 def load_module(module: torch.nn.Module, file: Path) -> torch.nn.Module:
@@ -103,7 +117,7 @@ def open_sst(path=None, device="cpu", dtype=torch.float32, **engine_options) -> 
             raise SSTConfigError(f"damaged SST checkpoint: {e}") from None
     config = SSTConfig.load(path)
     encoder = load_module(WhisperEncoder(EncoderConfig(**config.encoder)), path / ENCODER_FILE).to(device)
-    projector = load_module(Projector(ProjectorConfig(**config.projector)), path / PROJECTOR_FILE).to(device)
+    speech_adapter = load_adapter(config, path).to(device)
     options = {"placeholder_token_id": config.placeholder_token_id,
                "max_cache_tokens": config.max_cache_tokens, **engine_options}
     engine = Engine.from_pretrained(path, device=device, dtype=dtype, **options)
@@ -115,9 +129,15 @@ def open_sst(path=None, device="cpu", dtype=torch.float32, **engine_options) -> 
             raise SSTConfigError(str(e)) from None
     if engine.tokenizer is None:
         raise SSTConfigError(f"{path} has no tokenizer files; an SST checkpoint needs them")
-    if projector.cfg.d_llm != engine.config.hidden_size:
-        raise SSTConfigError(f"projector width {projector.cfg.d_llm} != LLM hidden size {engine.config.hidden_size}")
-    if config.frames_per_chunk * projector.cfg.stack * 20 != config.chunk_ms:
+    width, stack = speech_adapter.cfg.d_llm, speech_adapter.cfg.stack
+    if width != engine.config.hidden_size:
+        raise SSTConfigError(f"speech adapter width {width} != LLM hidden size {engine.config.hidden_size}")
+    if config.frames_per_chunk * stack * 20 != config.chunk_ms:
         raise SSTConfigError(f"chunk_ms={config.chunk_ms} does not hold frames_per_chunk={config.frames_per_chunk} "
-                             f"embeddings of {projector.cfg.stack * 20} ms")
-    return SSTModel(path, config, engine, encoder, projector)
+                             f"rows of {stack * 20} ms")
+    if isinstance(speech_adapter, CTCBridge):
+        try:
+            speech_adapter.attach_embeddings(engine.model.model.embed_tokens.weight)
+        except ValueError as e:
+            raise SSTConfigError(f"{path / BRIDGE_FILE}: {e}") from None
+    return SSTModel(path, config, engine, encoder, speech_adapter)

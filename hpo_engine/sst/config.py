@@ -29,7 +29,7 @@ class SSTConfig:
     stop_token_ids: list[int]                 # the token that ends an assistant turn (<|im_end|>)
     banned_token_ids: list[int]               # other special tokens and every id that decodes to a newline
     chunk_ms: int = 1120                      # speech per user turn (HPO: 14 frames of 80 ms)
-    frames_per_chunk: int = 14                # placeholders per full user turn
+    frames_per_chunk: int = 14                # placeholders per full user turn (a CTC bridge: at most)
     left_context_ms: int = 4000               # the streaming encoder's bounded left context
     max_new_tokens: int = 40                  # per assistant turn (40 * m in HPO)
     max_cache_tokens: int | None = 2048       # per-stream KV window (turn-aligned eviction; system prompt kept)
@@ -42,7 +42,8 @@ class SSTConfig:
     instructions: dict[str, str] = field(default_factory=default_instructions)
     default_target_lang: str = "de"
     encoder: dict = field(default_factory=dict)      # EncoderConfig fields
-    projector: dict = field(default_factory=dict)    # ProjectorConfig fields
+    projector: dict = field(default_factory=dict)    # ProjectorConfig fields (a projector checkpoint)
+    bridge: dict = field(default_factory=dict)       # CTCBridgeConfig fields (a CTC-bridge checkpoint)
     trained: bool = False
     description: str = ""
 
@@ -72,6 +73,8 @@ class SSTConfig:
             raise SSTConfigError("placeholder_token_id is also a stop token")
         if self.default_target_lang not in self.instructions:
             raise SSTConfigError(f"default_target_lang {self.default_target_lang!r} has no instruction")
+        if bool(self.projector) == bool(self.bridge) and (self.projector or self.encoder):
+            raise SSTConfigError("give exactly one speech adapter: 'projector' or 'bridge'")
         if "{instruction}" not in self.system_template:
             raise SSTConfigError("system_template lacks the {instruction} field")
         return self

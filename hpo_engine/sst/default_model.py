@@ -37,12 +37,13 @@ def special_and_newline_ids(tokenizer, keep: list[int]) -> list[int]:
     return sorted((special | newline) - set(keep))
 
 
-def default_config(tokenizer) -> SSTConfig:
+def default_config(tokenizer, placeholder_token: str = "<empty_output>") -> SSTConfig:
+    """ChatML ids of a tokenizer. The placeholder is a special token its chat never uses: SmolLM2's
+    <empty_output>, Qwen2.5's <|video_pad|>."""
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    # <empty_output> is a real special token SmolLM2's chat never uses: the placeholder
-    placeholder = tokenizer.convert_tokens_to_ids("<empty_output>")
+    placeholder = tokenizer.convert_tokens_to_ids(placeholder_token)
     if placeholder is None or placeholder == tokenizer.unk_token_id:
-        raise ValueError("the tokenizer has no <empty_output> token to use as the speech placeholder")
+        raise ValueError(f"the tokenizer has no {placeholder_token} token to use as the speech placeholder")
     return SSTConfig(placeholder_token_id=placeholder, stop_token_ids=[im_end],
                      banned_token_ids=special_and_newline_ids(tokenizer, keep=[im_end]),
                      trained=False, description=UNTRAINED_NOTICE)

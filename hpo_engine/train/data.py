@@ -21,6 +21,7 @@ Errors name the file, the line and the field.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -55,13 +56,18 @@ class WindowRecord:
 
 @dataclass
 class Window:
-    """A window ready for a rollout: speech embeddings cut into chunks of P frames."""
+    """A window ready for a rollout: its speech rows, chunk after chunk, and chunk k's placeholders."""
     id: str
-    embeds: np.ndarray                 # [num_chunks * rows_per_chunk, dim] float32 (last chunk zero-padded)
+    embeds: np.ndarray                 # [rows, dim] float32: chunk 0's rows, then chunk 1's, ...
     num_chunks: int
     segments: list[tuple[float, float]]
     sources: list[str]
     references: list[str]
+    placeholders: list[int]            # per chunk: its user turn's placeholders (rows / rows_per_placeholder)
+
+    def chunk_starts(self) -> list[int]:
+        """Placeholder offset of each chunk and, last, the total."""
+        return [0, *itertools.accumulate(self.placeholders)]
 
 
 def _number(rec: dict, key: str, where: str, integer=False):
@@ -169,9 +175,13 @@ def read_manifest(path) -> list[WindowRecord]:
     return records
 
 
-def load_window(rec: WindowRecord, frames_per_chunk: int, max_chunks: int, encode_audio=None) -> Window:
+def load_window(rec: WindowRecord, frames_per_chunk: int, max_chunks: int, encode_audio=None,
+                rows_per_placeholder: int = 1, chunk_rows=None) -> Window:
     """The window's speech as at most `max_chunks` chunks of `frames_per_chunk` rows (last one
-    zero-padded). `encode_audio(path, start_s, end_s) -> [frames, dim]` turns an `audio` line into rows."""
+    zero-padded), `frames_per_chunk / rows_per_placeholder` placeholders each (a projector stacks
+    rows_per_placeholder frames into one embedding). `encode_audio(path, start_s, end_s) -> [frames, dim]`
+    turns an `audio` line into rows. `chunk_rows(list of [frames_per_chunk, dim]) -> list of [n_k, d]`
+    (a CTC bridge) replaces each chunk's frames by its variable number of rows, one per placeholder."""
     if rec.features is None:
         if encode_audio is None:
             raise ManifestError(f"window {rec.id}: field 'audio' needs a speech encoder (train from an SST "
@@ -193,7 +203,12 @@ def load_window(rec: WindowRecord, frames_per_chunk: int, max_chunks: int, encod
     out = np.zeros((num_chunks * frames_per_chunk, arr.shape[1]), dtype=np.float32)
     take = min(len(out), arr.shape[0])
     out[:take] = arr[:take]
-    return Window(rec.id, out, num_chunks, rec.segments, rec.sources, rec.references)
+    if chunk_rows is not None:
+        rows = [np.asarray(r, dtype=np.float32) for r in chunk_rows(np.split(out, num_chunks))]
+        return Window(rec.id, np.concatenate(rows), num_chunks, rec.segments, rec.sources, rec.references,
+                      [len(r) for r in rows])
+    return Window(rec.id, out, num_chunks, rec.segments, rec.sources, rec.references,
+                  [frames_per_chunk // rows_per_placeholder] * num_chunks)
 
 
 class WindowLoader:
@@ -201,9 +216,10 @@ class WindowLoader:
     (epoch, index) so that a resumed run draws exactly the windows it would have drawn."""
 
     def __init__(self, records: list[WindowRecord], frames_per_chunk: int, chunks_per_window: int,
-                 seed: int = 0, shuffle: bool = True, encode_audio=None):
+                 seed: int = 0, shuffle: bool = True, encode_audio=None, rows_per_placeholder: int = 1,
+                 chunk_rows=None):
         self.records, self.P, self.N = records, frames_per_chunk, chunks_per_window
-        self.encode_audio = encode_audio
+        self.encode_audio, self.rows_per_placeholder, self.chunk_rows = encode_audio, rows_per_placeholder, chunk_rows
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
 
@@ -220,7 +236,8 @@ class WindowLoader:
                 self.epoch, self.index = self.epoch + 1, 0
             rec = self.records[int(self._order()[self.index])]
             self.index += 1
-            out.append(load_window(rec, self.P, self.N, self.encode_audio))
+            out.append(load_window(rec, self.P, self.N, self.encode_audio, self.rows_per_placeholder,
+                                   self.chunk_rows))
         return out
 
     def state(self) -> dict:

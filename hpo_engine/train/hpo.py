@@ -30,7 +30,7 @@ def hpo_step(run: Run, step: int) -> dict:
     # 1. rollout: B windows x G samples through the runtime, on the live weights
     run.engine.reset_prefix_cache()     # no prefix computed in another batch (validation): exact resume
     windows = run.loader.next_batch(cfg.rollout.windows_per_step)
-    samples = rollout(run.engine, windows, run.fmt, cfg.rollout, cfg.dialogue.frames_per_chunk,
+    samples = rollout(run.engine, windows, run.fmt, cfg.rollout,
                       seed=step_seed(cfg, step), embed_speech=run.embed_speech,
                       rows_per_embedding=run.rows_per_embedding)
     t1 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Dialogue turns of a window, group rollouts through the runtime, and packed training sequences.
 
-Format: hpo_engine/chat_template.py (ChatML) with P placeholders as each user turn's content, or an
-SST checkpoint's own template. The k-th placeholder of the dialogue takes the k-th speech frame. A sample's training sequence is exactly what the engine saw:
+Format: hpo_engine/chat_template.py (ChatML) with a chunk's placeholders as each user turn's content
+(P = 14 m with a projector, a variable number with a CTC bridge), or an SST checkpoint's own template. The k-th placeholder of the dialogue takes the k-th speech frame. A sample's training sequence is exactly what the engine saw:
 turn 0, answer 0, turn 1, answer 1, ... with positions 0..T-1, so the trainer's forward recomputes
 the sampler's logprobs.
 """
@@ -116,25 +116,26 @@ class Sample:
         return [k for k, a in enumerate(self.answers) for _ in a]
 
 
-def window_turns(window: Window, fmt: DialogueFormat, P: int, dtype=torch.float32, device="cpu", embed_speech=None):
-    """(first_turn, later_turns) for `group_rollouts`: one user turn per chunk.
+def window_turns(window: Window, fmt: DialogueFormat, dtype=torch.float32, device="cpu", embed_speech=None):
+    """(first_turn, later_turns) for `group_rollouts`: one user turn per chunk, with its placeholders.
     `embed_speech(rows) -> [n, H]` maps the window's speech rows to embeddings (default: they are)."""
     embeds = torch.from_numpy(window.embeds).to(device=device)
     if embed_speech is not None:
         with torch.no_grad():
             embeds = embed_speech(embeds)
     embeds = embeds.to(dtype)
-    turns = [(fmt.user_turn(k, P), embeds[k * P:(k + 1) * P]) for k in range(window.num_chunks)]
+    at = window.chunk_starts()
+    turns = [(fmt.user_turn(k, window.placeholders[k]), embeds[at[k]:at[k + 1]]) for k in range(window.num_chunks)]
     return turns[0], turns[1:]
 
 
-def pack_dialogue(window: Window, fmt: DialogueFormat, P: int, answers: list[list[int]],
+def pack_dialogue(window: Window, fmt: DialogueFormat, answers: list[list[int]],
                   logprobs: list[list[float]] | None = None, index: int = 0, dtype=torch.float32,
                   rows_per_embedding: int = 1) -> Sample:
     """The training sequence: user turn k followed by answer k, for every chunk."""
     ids, speech, assistant, lps = [], [], [], []
     for k, answer in enumerate(answers):
-        user = fmt.user_turn(k, P)
+        user = fmt.user_turn(k, window.placeholders[k])
         ids += user
         speech += [t == fmt.placeholder_id for t in user]
         assistant += [False] * len(user)
@@ -143,7 +144,7 @@ def pack_dialogue(window: Window, fmt: DialogueFormat, P: int, answers: list[lis
         speech += [False] * len(answer)
         assistant += [True] * len(answer)
         lps += list(logprobs[k]) if logprobs is not None else [0.0] * len(answer)
-    n_rows = len(answers) * P * rows_per_embedding
+    n_rows = window.chunk_starts()[len(answers)] * rows_per_embedding
     return Sample(index, [list(a) for a in answers], torch.tensor(ids, dtype=torch.long),
                   torch.tensor(speech, dtype=torch.bool),
                   torch.from_numpy(window.embeds[:n_rows]).to(dtype),
@@ -184,7 +185,7 @@ def group_rollouts(engine, groups, group_size: int, params: SamplingParams, firs
             stream.close()
 
 
-def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, P: int, seed: int | None,
+def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, seed: int | None,
             group_size: int | None = None, greedy: bool = False, windows_together: int | None = None,
             embed_speech=None, rows_per_embedding: int = 1) -> list[Sample]:
     """B windows x G samples through the runtime (`group_rollouts`): the groups of up to
@@ -197,13 +198,13 @@ def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, P: 
     samples = []
     for start in range(0, len(windows), together):
         chunk = range(start, min(start + together, len(windows)))
-        groups = [window_turns(windows[b], fmt, P, param.dtype, param.device, embed_speech) for b in chunk]
+        groups = [window_turns(windows[b], fmt, param.dtype, param.device, embed_speech) for b in chunk]
         outputs = group_rollouts(engine, groups, G, params, first_group=start)
         for i, out in enumerate(outputs):
             b = start + i // G
             answers = [t.token_ids for t in out.turns]
             logprobs = [t.logprobs for t in out.turns]
-            samples.append(pack_dialogue(windows[b], fmt, P, answers, logprobs, index=b,
+            samples.append(pack_dialogue(windows[b], fmt, answers, logprobs, index=b,
                                          dtype=torch.float32 if embed_speech else param.dtype,
                                          rows_per_embedding=rows_per_embedding))
     return samples

@@ -67,7 +67,8 @@ def setup(cfg: TrainConfig) -> Run:
     dtype, m, d = getattr(torch, cfg.model.dtype), cfg.model, cfg.dialogue
     model = load_model(m.path, device=m.device, dtype=dtype)
     tokenizer = load_tokenizer(m.path)
-    sst, projector, encode_audio = open_speech_parts(cfg)
+    speech = open_speech_parts(cfg)
+    sst, projector, encode_audio = speech.sst, speech.projector, speech.encode_audio
     # an SST checkpoint trained before (SFT before HPO): start from its weights. Its LoRA update is
     # trained on (not stacked under a new one) when this run trains a LoRA of the same shape.
     base_adapter = read_adapter(m.path) if sst is not None else None
@@ -94,11 +95,16 @@ def setup(cfg: TrainConfig) -> Run:
     master = MasterWeights(params) if dtype != torch.float32 else None
     optimizer = torch.optim.AdamW(master.params if master else params, lr=cfg.optim.lr,
                                   weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
-    rows = d.frames_per_chunk * (projector.cfg.stack if projector is not None else 1)
-    loader = WindowLoader(read_manifest(cfg.data.train), rows, d.chunks_per_window, seed=cfg.seed,
-                          shuffle=cfg.data.shuffle, encode_audio=encode_audio)
-    valid = [load_window(r, rows, d.chunks_per_window, encode_audio)
-             for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
+    # speech rows per placeholder: encoder frames with a projector (it runs in the trainer), 1 otherwise
+    stack = (projector or speech.bridge).cfg.stack if sst is not None else 1
+    per_placeholder = projector.cfg.stack if projector is not None else 1
+    chunk_rows = bridge_chunk_rows(speech.bridge, model) if speech.bridge is not None else None
+    windows = dict(frames_per_chunk=d.frames_per_chunk * stack, max_chunks=d.chunks_per_window,
+                   encode_audio=encode_audio, rows_per_placeholder=per_placeholder, chunk_rows=chunk_rows)
+    loader = WindowLoader(read_manifest(cfg.data.train), windows["frames_per_chunk"], d.chunks_per_window,
+                          seed=cfg.seed, shuffle=cfg.data.shuffle, encode_audio=encode_audio,
+                          rows_per_placeholder=per_placeholder, chunk_rows=chunk_rows)
+    valid = [load_window(r, **windows) for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
     scorer = QualityScorer(cfg.reward.quality, d.target_lang, cfg.reward.quality_model_path, m.device) \
         if cfg.mode == "hpo" else QualityScorer("chrf")
     embedder = None
@@ -123,15 +129,24 @@ def continued_lora(base_adapter, model, m) -> dict:
     return lora if same else {}
 
 
-def open_speech_parts(cfg: TrainConfig):
-    """(SSTConfig, projector, encode_audio) of an SST checkpoint folder, or (None, None, None) for a plain
-    LLM. The chunk geometry of the config must be the checkpoint's (what serving will use)."""
+@dataclass
+class SpeechParts:
+    """An SST checkpoint's speech side as training uses it."""
+    sst: SSTConfig | None = None
+    projector: torch.nn.Module | None = None     # trainable (a projector checkpoint)
+    encode_audio: object = None                   # (path, start_s, end_s) -> encoder frames, for `audio` lines
+    bridge: torch.nn.Module | None = None        # frozen (a CTC-bridge checkpoint)
+
+
+def open_speech_parts(cfg: TrainConfig) -> SpeechParts:
+    """The speech side of an SST checkpoint folder (all None for a plain LLM). The chunk geometry of the
+    config must be the checkpoint's (what serving will use)."""
     from hpo_engine.sst.config import CONFIG_NAME
     folder = Path(cfg.model.path)
     if not (folder / CONFIG_NAME).is_file():
-        return None, None, None
-    from hpo_engine.sst.checkpoint import ENCODER_FILE, PROJECTOR_FILE, load_module
-    from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, WhisperEncoder
+        return SpeechParts()
+    from hpo_engine.sst.checkpoint import ENCODER_FILE, load_adapter, load_module
+    from hpo_engine.speech import EncoderConfig, WhisperEncoder
 
     sst = SSTConfig.load(folder)
     d = cfg.dialogue
@@ -142,8 +157,7 @@ def open_speech_parts(cfg: TrainConfig):
         raise ConfigError(f"dialogue.frame_seconds: chunks of {d.chunk_seconds * 1000:g} ms, but the SST "
                           f"checkpoint's are {sst.chunk_ms} ms")
     sst.instruction(d.target_lang)      # an unsupported language fails here, naming it
-    projector = load_module(Projector(ProjectorConfig(**sst.projector)), folder / PROJECTOR_FILE)
-    projector = projector.to(cfg.model.device).float().train()
+    adapter = load_adapter(sst, folder).to(cfg.model.device).float()
     @functools.cache
     def encoder() -> WhisperEncoder:      # loaded on the first `audio` window only
         return load_module(WhisperEncoder(EncoderConfig(**sst.encoder)), folder / ENCODER_FILE)
@@ -159,4 +173,18 @@ def open_speech_parts(cfg: TrainConfig):
             frames = torch.cat([stream.push(wave), stream.flush()])
         return frames.float().numpy()
 
-    return sst, projector, encode_audio
+    if sst.bridge:
+        return SpeechParts(sst, None, encode_audio, adapter)
+    return SpeechParts(sst, adapter.train(), encode_audio)
+
+
+def bridge_chunk_rows(bridge, model):
+    """A frozen CTC bridge as load_window's `chunk_rows`: a window's chunks of encoder frames -> each
+    chunk's rows of the LLM's embedding table (the collapse carried from chunk to chunk, as served)."""
+    bridge.attach_embeddings(model.model.embed_tokens.weight.float())
+
+    def chunk_rows(chunks: list[np.ndarray]) -> list[np.ndarray]:
+        state = bridge.new_state()
+        with torch.inference_mode():
+            return [bridge.chunk_rows(torch.from_numpy(c).float(), state).numpy() for c in chunks]
+    return chunk_rows

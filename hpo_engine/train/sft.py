@@ -58,7 +58,7 @@ def sft_step(run, step: int) -> dict:
     cfg, d = run.cfg, run.cfg.dialogue
     t0 = time.perf_counter()
     windows = run.loader.next_batch(cfg.sft.batch_size)
-    samples = [pack_dialogue(w, run.fmt, d.frames_per_chunk,
+    samples = [pack_dialogue(w, run.fmt,
                              sft_answers(w, run.codec, d.chunk_seconds, cfg.sft.lag_chunks, d.target_lang,
                                          run.fmt.stop_id), index=b, rows_per_embedding=run.rows_per_embedding)
                for b, w in enumerate(windows)]

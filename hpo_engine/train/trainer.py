@@ -26,7 +26,7 @@ def validate(run: Run) -> dict:
         return {}
     d = run.cfg.dialogue
     run.engine.reset_prefix_cache()
-    samples = rollout(run.engine, run.valid, run.fmt, run.cfg.rollout, d.frames_per_chunk, seed=None,
+    samples = rollout(run.engine, run.valid, run.fmt, run.cfg.rollout, seed=None,
                       group_size=1, greedy=True, embed_speech=run.embed_speech,
                       rows_per_embedding=run.rows_per_embedding)
     hyps, refs, latency, sentences = [], [], [], []
