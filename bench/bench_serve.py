@@ -2,6 +2,7 @@
 
 Run:    .venv/bin/python bench/bench_serve.py [--streams 1,2,4,8,16] [--max-new-tokens N] [--threads T]
             [--json out.json]
+        .venv/bin/python bench/bench_serve.py --at-capacity [--threads T]    (admission, below)
 
 Setup: the default model (UNTRAINED projector: it tends to write max_new_tokens every turn, the
 worst case for the decoder), a real `hpo-engine serve` subprocess, and N WebSocket clients in this
@@ -10,6 +11,10 @@ process, each streaming the real read speech of tests/data/speech (5.3 s, three 
 Per chunk, client side: latency = arrival of its translation frame - the moment its last sample was
 sent. N streams are SUSTAINED when the p95 of that latency over all chunks of all streams stays below
 the chunk duration (1.12 s): the server keeps up with real time.
+
+--at-capacity: the server as it starts by default (capacity measured at start, --max-load 0.8); as many
+clients as it admits stream at once, then one more connects: it must be refused (HTTP 503), and the
+admitted streams' lag must stay below 2 chunks at p95.
 
 Single stream: `hpo-engine translate`'s simulation of the same audio, scored by hpo_engine.metrics;
 the whole recording is one segment, so StreamLAAL = LAAL and the computation-aware overhead
@@ -44,11 +49,15 @@ def speech_pcm() -> bytes:
     return float_to_pcm16(np.tile(load_audio(SPEECH), REPEAT))
 
 
-def start_server(tmp: Path, max_new_tokens: int | None) -> tuple[subprocess.Popen, int]:
+def start_server(tmp: Path, max_new_tokens: int | None, admission: bool = False) -> tuple[subprocess.Popen, int]:
+    """A `serve` subprocess. Without `admission` it takes every stream (to find where it falls behind);
+    with it, its defaults decide (capacity measured at start, --max-load 0.8). All clients here share
+    one address: the per-address connection limit is lifted either way."""
     log = tmp / "server.log"
     args = [sys.executable, "-c", "from hpo_engine.server.cli import serve; serve()", "--port", "0",
-            "--max-streams", "256", "--max-load", "0", "--max-connections-per-address", "256",
-            "--idle-timeout-s", "120"]
+            "--max-connections-per-address", "256", "--idle-timeout-s", "120"]
+    if not admission:
+        args += ["--max-streams", "256", "--max-load", "0"]
     if max_new_tokens:
         args += ["--max-new-tokens", str(max_new_tokens)]
     proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT,
@@ -107,6 +116,45 @@ async def run_level(port: int, pcm: bytes, n: int, chunk_ms: float) -> dict:
             "sustained": bool(np.percentile(lat, 95) < chunk_ms)}
 
 
+def metric(port: int, name: str) -> float:
+    from urllib.request import urlopen
+    text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+async def refused(port: int) -> dict:
+    """Open one more stream: how the server answers (a refusal before the upgrade, or a first frame)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/v1/stream?target_lang=de") as ws:
+            return {"refused": False, "first_frame": json.loads(await ws.recv())}
+    except InvalidStatus as e:
+        return {"refused": True, "status": e.response.status_code, "body": e.response.body.decode().strip()}
+
+
+async def at_capacity(port: int, pcm: bytes, chunk_ms: float) -> dict:
+    """Admission at the measured capacity: as many clients as the server admits (hpo_max_streams) stream
+    at once; when all are in, one more connects and must be refused; the admitted streams' lag (client
+    latency per chunk) must stay below 2 chunks at p95."""
+    n = int(metric(port, "hpo_max_streams"))
+    rng = random.Random(n)
+    clients = [asyncio.create_task(client(port, pcm, rng.uniform(0, chunk_ms / 1000))) for _ in range(n)]
+    while metric(port, "hpo_active_streams") < n and not any(c.done() for c in clients):
+        await asyncio.sleep(0.1)
+    extra = await refused(port)
+    results = await asyncio.gather(*clients, return_exceptions=True)
+    failed = [repr(r) for r in results if isinstance(r, BaseException)]
+    out = {"capacity": n, "chunk_compute_s": metric(port, "hpo_chunk_compute_seconds"), "extra_stream": extra,
+           "failed_clients": failed}
+    if not failed:
+        lag = np.concatenate([r[0] for r in results]) / chunk_ms
+        out.update(chunks=int(len(lag)), lag_p50_chunks=float(np.percentile(lag, 50)),
+                   lag_p95_chunks=float(np.percentile(lag, 95)))
+    out["passed"] = bool(not failed and extra["refused"] and out.get("lag_p95_chunks", float("inf")) < 2)
+    return out
+
+
 def single_stream_overhead(max_new_tokens: int | None, tmp: Path) -> dict:
     from hpo_engine.metrics.scoring import score_shortform
     from hpo_engine.speech.audio import load_audio
@@ -128,6 +176,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default: the checkpoint's)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--skip-single", action="store_true")
+    ap.add_argument("--at-capacity", action="store_true",
+                    help="instead: the server's own admission (defaults); capacity streams + one more")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (server: OMP_NUM_THREADS); on a shared loaded machine 1 suffers less")
     args = ap.parse_args()
@@ -144,6 +194,17 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg(), "levels": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.at_capacity:
+            proc, port = start_server(tmp, args.max_new_tokens, admission=True)
+            try:
+                out["at_capacity"] = asyncio.run(at_capacity(port, pcm, chunk_ms))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+            print(json.dumps(out["at_capacity"]), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(out, indent=1))
+            return
         if not args.skip_single:
             out["single_stream"] = single_stream_overhead(args.max_new_tokens, tmp)
             print(json.dumps(out["single_stream"]), flush=True)

@@ -7,7 +7,8 @@ This folder sits at the top of the repository (the project's layout) but is impo
 imports the runtime or the models.
 
 Dispatch: CUDA tensors -> Triton; CPU tensors -> the C++ path (csrc/attention_cpu.cpp) where it
-supports the dtype / head_dim, else torch ops (gather + SDPA). `HPO_ATTN_BACKEND=triton|torch|cpp`
+supports the dtype / head_dim and a call has at most CPP_MAX_QUERIES_PER_SEQ query rows per sequence
+(decode), else torch ops (gather + SDPA). `HPO_ATTN_BACKEND=triton|torch|cpp`
 forces one; triton on CPU needs `TRITON_INTERPRET=1` set before this package first launches a Triton
 kernel. A forced `cpp` falls back to torch when the extension lacks it. A caller that knows its
 shapes for good (the engine: one model, one cache) chooses once with `attention_backend` /
@@ -21,6 +22,11 @@ from .reference import paged_attention_ref, store_kv_ref
 from .torch_paged_attention import paged_attention_torch, store_kv_torch
 
 BACKENDS = ("triton", "torch", "cpp")
+# Unless forced, the C++ path takes calls of at most this many query rows per sequence (decode) and the
+# torch path (gather + SDPA) the rest (prefill, user turns): on an AVX2-only EPYC (no AVX-512) the C++
+# kernel's multi-row path measured 7-20x slower than SDPA at 4..32 rows per sequence, level at 1-2
+# (bench/RESULTS.md "Attention dispatch on AVX2").
+CPP_MAX_QUERIES_PER_SEQ = 2
 
 
 def _forced_backend():
@@ -53,8 +59,11 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, sc
     `backend`: what `attention_backend` chose for these shapes (None: decide now)."""
     if backend == "cpp" or (backend is None and not os.environ.get("HPO_ATTN_BACKEND") and not q.is_cuda
                             and _cpu.supports_attention(q, k_cache)):
-        # the common CPU call (decode per layer) takes the shortest way
-        return _cpu._paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)
+        if q.shape[0] <= CPP_MAX_QUERIES_PER_SEQ * block_table.shape[0] or _forced_backend() == "cpp":
+            # the common CPU call (decode per layer) takes the shortest way
+            return _cpu._paged_attention_supported(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
+                                                   scale, out)
+        backend = "torch"
     backend = backend or attention_backend(q, k_cache)
     if backend == "cpp":
         return _cpu.paged_attention_cpp(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, scale, out)

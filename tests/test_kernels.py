@@ -77,6 +77,30 @@ def test_dispatch_default_and_forced(monkeypatch):
         K.attention_backend(q, kc)
 
 
+@pytest.mark.parametrize("backend", [None, "cpp"])
+def test_multi_row_calls_take_the_torch_path_unless_forced(monkeypatch, backend):
+    """Decode-sized calls (<= CPP_MAX_QUERIES_PER_SEQ rows per sequence) go to C++, the rest to SDPA,
+    also when the engine chose 'cpp' once; HPO_ATTN_BACKEND=cpp keeps every call in C++."""
+    if not cpu.AVAILABLE:
+        pytest.skip("hpo_engine._C has no paged_attention_cpu")
+    calls = []
+    real = cpu._paged_attention_supported
+    monkeypatch.setattr(cpu, "_paged_attention_supported", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    monkeypatch.delenv("HPO_ATTN_BACKEND", raising=False)
+    g = torch.Generator().manual_seed(9)
+    limit = K.CPP_MAX_QUERIES_PER_SEQ
+    for seqs, in_cpp in (([(1, 70), (limit, 33)], True), ([(limit + 1, 40)], False), ([(1, 9), (7, 50)], False)):
+        q, kc, vc, table, lens, cu = paged_batch(seqs, 6, 2, 64, 16, torch.float32, g)
+        calls.clear()
+        out = K.paged_attention(q, kc, vc, table, lens, cu, backend=backend)
+        assert bool(calls) == in_cpp
+        assert rel_err(out, paged_attention_ref(q, kc, vc, table, lens, cu)) < 1e-5
+    monkeypatch.setenv("HPO_ATTN_BACKEND", "cpp")
+    calls.clear()
+    K.paged_attention(q, kc, vc, table, lens, cu, backend=backend)
+    assert calls == [q.shape[0]]
+
+
 def test_forced_cpp_falls_back_without_extension(monkeypatch):
     monkeypatch.setattr(cpu, "_ATTN", None)
     monkeypatch.setenv("HPO_ATTN_BACKEND", "cpp")
