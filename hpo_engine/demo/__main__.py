@@ -3,6 +3,7 @@
     python -m hpo_engine.demo data OUT      synthesised EN-DE talks -> encoder frames, manifests (data.py)
     python -m hpo_engine.demo bridge OUT    the CTC bridge on those frames -> OUT/bridge     (bridge.py)
     python -m hpo_engine.demo assemble OUT  bridge + Whisper + Qwen2.5-0.5B -> OUT/bridge/sst
+    python -m hpo_engine.demo bridge-sft OUT   SFT (LoRA) of that checkpoint -> OUT/bridge_sft/sst
     python -m hpo_engine.demo sft OUT       SFT from the untrained default -> OUT/sft/sst      (recipe.py)
     python -m hpo_engine.demo hpo OUT       HPO from OUT/sft/sst -> OUT/hpo/sst
     python -m hpo_engine.demo eval OUT      test talks at chunk multipliers 1..4 -> OUT/eval/table.md
@@ -52,8 +53,8 @@ def data(out_dir, train, valid, test, seed, dictionary, threads):
                f"in {totals['seconds']:.0f} s wall -> {out_dir}")
 
 
-def _stage(stage: str):
-    @main.command(name=stage, help=f"Train the {stage.upper()} stage (configs/demo_{stage}.yaml); resumes.")
+def _stage(stage: str, config_file: str):
+    @main.command(name=stage.replace("_", "-"), help=f"Train the {stage} stage (configs/{config_file}); resumes.")
     @click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
     @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override train.steps.")
     @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -114,8 +115,9 @@ def assemble(out_dir, llm):
     click.echo(f"SST checkpoint: {assemble_sst(Path(out_dir) / 'bridge', llm or qwen25_path(), Path(out_dir) / 'bridge' / 'sst')}")
 
 
-sft = _stage("sft")
-hpo = _stage("hpo")
+sft = _stage("sft", "demo_sft.yaml")
+hpo = _stage("hpo", "demo_hpo.yaml")
+bridge_sft = _stage("bridge_sft", "bridge_sft.yaml")
 
 
 @main.command(name="eval")

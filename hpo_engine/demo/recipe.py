@@ -3,6 +3,8 @@
     OUT/sft/      `hpo-engine train` with configs/demo_sft.yaml from the untrained default checkpoint;
                   OUT/sft/sst is the SFT model (an SST checkpoint: base files linked + small trained part)
     OUT/hpo/      configs/demo_hpo.yaml from OUT/sft/sst; OUT/hpo/sst is the HPO model
+    OUT/bridge_sft/, OUT/bridge_hpo/   the same from OUT/bridge/sst (CTC bridge + Qwen2.5-0.5B, `assemble`),
+                  configs/bridge_sft.yaml, configs/bridge_hpo.yaml
     OUT/eval/     per model and chunk multiplier m: instances (SimulEval JSONL) and scores (JSON);
                   table.md: BLEU, chrF, StreamLAAL, StreamLAAL_CA per model and m
 
@@ -16,6 +18,8 @@ from pathlib import Path
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("sft", "hpo")
+# each stage's starting checkpoint, relative to OUT (None: the untrained embedded default)
+START = {"sft": None, "hpo": "sft/sst", "bridge_sft": "bridge/sst", "bridge_hpo": "bridge_sft/sst"}
 VALID_TALKS = 16      # validation decodes every talk greedily: a subset keeps it to a minute on CPU
 
 
@@ -33,14 +37,15 @@ def stage_config(out: Path, stage: str, steps: int | None = None, config: Path |
     from hpo_engine.sst.default_model import default_sst_path
     from hpo_engine.train.config import load_config
 
-    start = default_sst_path(trained=False) if stage == "sft" else out / "sft" / "sst"
+    start = default_sst_path(trained=False) if START[stage] is None else out / START[stage]
     if not (start / "sst_config.json").is_file():
-        raise FileNotFoundError(f"{start} is missing: run the sft stage first")
+        raise FileNotFoundError(f"{start} is missing: run the stage that makes it first")
     overrides = {"model": {"path": str(start)}, "output_dir": str(out / stage),
                  "data": {"train": str(out / "train.jsonl"), "valid": str(valid_subset(out))}}
     if steps is not None:
         overrides["train"] = {"steps": steps}
-    return load_config(config or REPO_CONFIGS / f"demo_{stage}.yaml", overrides)
+    default = REPO_CONFIGS / (f"{stage}.yaml" if stage.startswith("bridge") else f"demo_{stage}.yaml")
+    return load_config(config or default, overrides)
 
 
 def train_stage(out, stage: str, steps: int | None = None, config: Path | None = None) -> Path:
