@@ -1,5 +1,6 @@
 """How well the LLM translates the SST dialogue zero-shot, with the speech rows from the CTC bridge and,
-as its ceiling, from the transcript itself (an oracle bridge: the LLM's own embedding rows of the
+as its ceiling, from the transcript itself; and whether the output depends on the speech (the same
+talks with their 1.12 s chunks shuffled, or silent) (an oracle bridge: the LLM's own embedding rows of the
 English tokens, each placed in the chunk where it is spoken).
 
 Run:    .venv/bin/python bench/bench_zero_shot.py runs/de [--model runs/de/bridge/sst] [--talks 20]
@@ -53,7 +54,8 @@ def main() -> None:
     ap.add_argument("data", type=Path, help="the demo data folder (python -m hpo_engine.demo data)")
     ap.add_argument("--model", type=Path, default=None, help="SST checkpoint with a CTC bridge (default DATA/bridge/sst)")
     ap.add_argument("--talks", type=int, default=20)
-    ap.add_argument("--rows", default="oracle,bridge")
+    ap.add_argument("--rows", default="oracle,bridge",
+                    help="any of oracle, bridge, shuffled (the audio's chunks reordered), silence")
     ap.add_argument("--target-lang", default="de")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
@@ -77,14 +79,22 @@ def main() -> None:
             if mode == "oracle":
                 hyps.append(translate_oracle(model, line, len(wave) / SAMPLE_RATE))
                 continue
+            if mode == "shuffled":      # the same audio, its chunks in a seeded random order
+                step = model.config.chunk_ms * SAMPLE_RATE // 1000
+                pieces = [wave[i:i + step] for i in range(0, len(wave), step)]
+                wave = np.concatenate([pieces[i] for i in np.random.default_rng(0).permutation(len(pieces))])
+            elif mode == "silence":
+                wave = np.zeros_like(wave)
             hyps.append(simulate(model, wave, args.target_lang).prediction)
+            if mode != "bridge":
+                continue
             heard = model.adapter.greedy_ids(torch.from_numpy(np.load(args.data / line["features"]).astype(np.float32)))
             truth = model.tokenizer.encode(" ".join(line["src_segments"]), add_special_tokens=False)
             errors, total = errors + edit_distance(heard, truth), total + len(truth)
         row = {"BLEU": corpus_bleu(hyps, refs), "chrF": corpus_chrf(hyps, refs),
                "length_ratio": sum(map(len, hyps)) / sum(map(len, refs)), "seconds": time.perf_counter() - t0,
                "examples": [{"hypothesis": h, "reference": r} for h, r in list(zip(hyps, refs))[:3]]}
-        if mode != "oracle":
+        if mode == "bridge":
             row["token_error_rate"] = errors / max(total, 1)
         out["rows"][mode] = row
         print(mode, json.dumps({k: v for k, v in row.items() if k != "examples"}), flush=True)

@@ -21,6 +21,7 @@ STAGES = ("sft", "hpo")
 # each stage's starting checkpoint, relative to OUT (None: the untrained embedded default)
 START = {"sft": None, "hpo": "sft/sst", "bridge_sft": "bridge/sst", "bridge_hpo": "bridge_sft/sst"}
 VALID_TALKS = 16      # validation decodes every talk greedily: a subset keeps it to a minute on CPU
+BRIDGE_VALID_TALKS = 4   # Qwen2.5-0.5B decodes ~5x slower than SmolLM2 here: 4 talks take ~1.5 min
 
 
 def valid_subset(out: Path, n: int = VALID_TALKS) -> Path:
@@ -37,11 +38,13 @@ def stage_config(out: Path, stage: str, steps: int | None = None, config: Path |
     from hpo_engine.sst.default_model import default_sst_path
     from hpo_engine.train.config import load_config
 
+    out = Path(out).resolve()       # the config's relative paths would resolve against configs/
     start = default_sst_path(trained=False) if START[stage] is None else out / START[stage]
     if not (start / "sst_config.json").is_file():
         raise FileNotFoundError(f"{start} is missing: run the stage that makes it first")
     overrides = {"model": {"path": str(start)}, "output_dir": str(out / stage),
-                 "data": {"train": str(out / "train.jsonl"), "valid": str(valid_subset(out))}}
+                 "data": {"train": str(out / "train.jsonl"),
+                          "valid": str(valid_subset(out, BRIDGE_VALID_TALKS if stage.startswith("bridge") else VALID_TALKS))}}
     if steps is not None:
         overrides["train"] = {"steps": steps}
     default = REPO_CONFIGS / (f"{stage}.yaml" if stage.startswith("bridge") else f"demo_{stage}.yaml")
