@@ -59,7 +59,10 @@ def train_stage(out, stage: str, steps: int | None = None, config: Path | None =
     out = Path(out)
     cfg = stage_config(out, stage, steps, config)
     done = ckpt.list_checkpoints(Path(cfg.output_dir) / "checkpoints")
-    last = json.loads((done[-1] / "state.json").read_text())["step"] if done else 0
+    try:        # a damaged newest checkpoint: train() resumes from the newest intact one
+        last = json.loads((done[-1] / "state.json").read_text())["step"] if done else 0
+    except (OSError, ValueError, KeyError):
+        last = 0
     if last < cfg.train.steps or not (Path(cfg.output_dir) / "sst").is_dir():
         train(cfg, resume=bool(done))       # nothing left to run: resumes only to export the checkpoint
     return Path(cfg.output_dir) / "sst"
