@@ -216,10 +216,9 @@ class WindowLoader:
     (epoch, index) so that a resumed run draws exactly the windows it would have drawn."""
 
     def __init__(self, records: list[WindowRecord], frames_per_chunk: int, chunks_per_window: int,
-                 seed: int = 0, shuffle: bool = True, encode_audio=None, rows_per_placeholder: int = 1,
-                 chunk_rows=None):
+                 seed: int = 0, shuffle: bool = True, **window_options):
         self.records, self.P, self.N = records, frames_per_chunk, chunks_per_window
-        self.encode_audio, self.rows_per_placeholder, self.chunk_rows = encode_audio, rows_per_placeholder, chunk_rows
+        self.window_options = window_options      # load_window's encode_audio, rows_per_placeholder, chunk_rows
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
 
@@ -236,8 +235,7 @@ class WindowLoader:
                 self.epoch, self.index = self.epoch + 1, 0
             rec = self.records[int(self._order()[self.index])]
             self.index += 1
-            out.append(load_window(rec, self.P, self.N, self.encode_audio, self.rows_per_placeholder,
-                                   self.chunk_rows))
+            out.append(load_window(rec, self.P, self.N, **self.window_options))
         return out
 
     def state(self) -> dict:

@@ -97,14 +97,14 @@ def setup(cfg: TrainConfig) -> Run:
                                   weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
     # speech rows per placeholder: encoder frames with a projector (it runs in the trainer), 1 otherwise
     stack = (projector or speech.bridge).cfg.stack if sst is not None else 1
-    per_placeholder = projector.cfg.stack if projector is not None else 1
-    chunk_rows = bridge_chunk_rows(speech.bridge, model) if speech.bridge is not None else None
-    windows = dict(frames_per_chunk=d.frames_per_chunk * stack, max_chunks=d.chunks_per_window,
-                   encode_audio=encode_audio, rows_per_placeholder=per_placeholder, chunk_rows=chunk_rows)
-    loader = WindowLoader(read_manifest(cfg.data.train), windows["frames_per_chunk"], d.chunks_per_window,
-                          seed=cfg.seed, shuffle=cfg.data.shuffle, encode_audio=encode_audio,
-                          rows_per_placeholder=per_placeholder, chunk_rows=chunk_rows)
-    valid = [load_window(r, **windows) for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
+    frames, chunks = d.frames_per_chunk * stack, d.chunks_per_window
+    window_options = {"encode_audio": encode_audio,
+                      "rows_per_placeholder": projector.cfg.stack if projector is not None else 1,
+                      "chunk_rows": bridge_chunk_rows(speech.bridge, model) if speech.bridge is not None else None}
+    loader = WindowLoader(read_manifest(cfg.data.train), frames, chunks, seed=cfg.seed, shuffle=cfg.data.shuffle,
+                          **window_options)
+    valid = [load_window(r, frames, chunks, **window_options)
+             for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
     scorer = QualityScorer(cfg.reward.quality, d.target_lang, cfg.reward.quality_model_path, m.device) \
         if cfg.mode == "hpo" else QualityScorer("chrf")
     embedder = None
