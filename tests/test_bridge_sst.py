@@ -83,7 +83,7 @@ def test_frontend_rows_equal_the_bridge_over_the_whole_stream(bridge_sst):
     assert [model.adapter.cfg.vocab_ids[i] for i in nearest.tolist()] == ids
 
 
-def test_stream_turns_hold_the_chunk_rows_and_survive_silent_chunks(bridge_sst, tmp_path):
+def test_stream_turns_hold_the_chunk_rows_and_survive_silent_chunks(bridge_sst):
     model = open_sst(bridge_sst / "sst")
     audio = np.random.default_rng(6).standard_normal(3 * 2560).astype(np.float32) * 0.3
     stream = SSTStream(model, max_new_tokens=2)

@@ -93,8 +93,8 @@ def train_bridge(data_dir, tokenizer, epochs: int = 12, batch_talks: int = 24, l
     torch.manual_seed(seed)
     bridge = CTCBridge(cfg)
     optimizer = torch.optim.AdamW(bridge.parameters(), lr=lr, weight_decay=0.01)
-    steps_per_epoch = -(-len(train) // batch_talks)     # = len(length_batches(...))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch,
+    batches = length_batches([frames_of(p).shape[0] for p, _ in train], batch_talks)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * len(batches),
                                                    pct_start=0.1)
     state_file, log_file = out / "state.pt", out / "log.jsonl"
     start, best = 0, float("inf")
@@ -108,7 +108,6 @@ def train_bridge(data_dir, tokenizer, epochs: int = 12, batch_talks: int = 24, l
         start, best = state["epoch"], state["best"]
     covered = sum(t in class_of for _, ids in valid for t in ids) / max(1, sum(len(ids) for _, ids in valid))
     record = {}
-    batches = length_batches([frames_of(p).shape[0] for p, _ in train], batch_talks)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         order = np.random.default_rng([seed, epoch]).permutation(len(batches))

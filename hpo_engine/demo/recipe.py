@@ -3,8 +3,7 @@
     OUT/sft/      `hpo-engine train` with configs/demo_sft.yaml from the untrained default checkpoint;
                   OUT/sft/sst is the SFT model (an SST checkpoint: base files linked + small trained part)
     OUT/hpo/      configs/demo_hpo.yaml from OUT/sft/sst; OUT/hpo/sst is the HPO model
-    OUT/bridge_sft/, OUT/bridge_hpo/   the same from OUT/bridge/sst (CTC bridge + Qwen2.5-0.5B, `assemble`),
-                  configs/bridge_sft.yaml, configs/bridge_hpo.yaml
+    OUT/bridge_sft/   configs/bridge_sft.yaml from OUT/bridge/sst (CTC bridge + Qwen2.5-0.5B, `assemble`)
     OUT/eval/     per model and chunk multiplier m: instances (SimulEval JSONL) and scores (JSON);
                   table.md: BLEU, chrF, StreamLAAL, StreamLAAL_CA per model and m
 
@@ -19,7 +18,7 @@ from pathlib import Path
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("sft", "hpo")
 # each stage's starting checkpoint, relative to OUT (None: the untrained embedded default)
-START = {"sft": None, "hpo": "sft/sst", "bridge_sft": "bridge/sst", "bridge_hpo": "bridge_sft/sst"}
+START = {"sft": None, "hpo": "sft/sst", "bridge_sft": "bridge/sst"}
 VALID_TALKS = 16      # validation decodes every talk greedily: a subset keeps it to a minute on CPU
 BRIDGE_VALID_TALKS = 4   # Qwen2.5-0.5B decodes ~5x slower than SmolLM2 here: 4 talks take ~1.5 min
 

@@ -1,7 +1,9 @@
 """Dialogue turns of a window, group rollouts through the runtime, and packed training sequences.
 
 Format: hpo_engine/chat_template.py (ChatML) with a chunk's placeholders as each user turn's content
-(P = 14 m with a projector, a variable number with a CTC bridge), or an SST checkpoint's own template. The k-th placeholder of the dialogue takes the k-th speech frame. A sample's training sequence is exactly what the engine saw:
+(P = 14 m with a projector, a variable number with a CTC bridge), or an SST checkpoint's own template.
+The k-th placeholder of the dialogue takes the k-th speech row. A sample's training sequence is exactly
+what the engine saw:
 turn 0, answer 0, turn 1, answer 1, ... with positions 0..T-1, so the trainer's forward recomputes
 the sampler's logprobs.
 """

@@ -180,7 +180,8 @@ def open_speech_parts(cfg: TrainConfig) -> SpeechParts:
 
 def bridge_chunk_rows(bridge, model):
     """A frozen CTC bridge as load_window's `chunk_rows`: a window's chunks of encoder frames -> each
-    chunk's rows of the LLM's embedding table (the collapse carried from chunk to chunk, as served)."""
+    chunk's rows of the LLM's embedding table (the collapse carried from chunk to chunk, as served).
+    The table is taken once, at start: right for LoRA and frozen embeddings, stale if they train."""
     bridge.attach_embeddings(model.model.embed_tokens.weight.float())
 
     def chunk_rows(chunks: list[np.ndarray]) -> list[np.ndarray]:
