@@ -84,7 +84,8 @@ def _grads(run, samples, old, ref, gen, adv, max_tokens, checkpointing):
     cfg.optim.max_tokens_per_microbatch, cfg.optim.gradient_checkpointing = max_tokens, checkpointing
     r = dataclasses.replace(run, cfg=cfg)
     run.model.zero_grad(set_to_none=True)
-    metrics = accumulate_policy_gradient(r, samples, list(range(len(samples))), old, ref, gen, adv)
+    metrics = accumulate_policy_gradient(r, samples, list(range(len(samples))), old, ref, gen, adv,
+                                         num_global_tokens=sum(len(g) for g in gen))
     grads = {n: p.grad.clone() for n, p in run.model.named_parameters()}
     run.model.zero_grad(set_to_none=True)
     return grads, metrics

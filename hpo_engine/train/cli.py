@@ -9,15 +9,29 @@ import click
               help="YAML training config (configs/tiny_cpu.yaml, configs/hpo_paper.yaml).")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in output_dir/checkpoints.")
 def train(config_path, resume):
-    """SFT or HPO (the config's `mode`) on the engine's own rollouts."""
+    """SFT or HPO (the config's `mode`) on the engine's own rollouts.
+
+    Data-parallel under torchrun (gloo on CPU, NCCL on GPUs), e.g.
+    `torchrun --standalone --nproc-per-node 2 -m hpo_engine train --config F`: each process rolls
+    out its share of every step's windows; rank 0 writes the checkpoints and logs."""
+    import logging
+    import os
+
     from hpo_engine.train.config import ConfigError, load_config
     from hpo_engine.train.data import ManifestError
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hpo_engine.train").setLevel(logging.INFO)
+    rank = int(os.environ.get("RANK", "0"))
     try:
         cfg = load_config(config_path)
-        from hpo_engine.train.trainer import train as run_training
+        from hpo_engine.train.trainer import RankFailure, train as run_training
         history = run_training(cfg, resume=resume)
     except (ConfigError, ManifestError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    except RankFailure as exc:
+        raise click.ClickException(str(exc)) from None
+    if rank != 0:
+        return
     last = history[-1] if history else {}
     click.echo(f"done: {len(history)} steps run, output in {cfg.output_dir}"
                + (f", last validation {last['validation']}" if last.get("validation") else ""))

@@ -24,31 +24,38 @@ SUMMED = ("loss", "pg_loss", "kl_loss", "kl", "clip_frac_low", "clip_frac_high",
 
 
 def hpo_step(run: Run, step: int) -> dict:
-    """One HPO step: B x G rollouts, hierarchical reward, several clipped policy-gradient updates."""
-    cfg = run.cfg
+    """One HPO step: B x G rollouts, hierarchical reward, several clipped policy-gradient updates.
+    Under torchrun each rank rolls out and rewards its share of the B windows (train/distributed.py);
+    the metrics are those of the whole step, on every rank."""
+    cfg, world = run.cfg, run.world
     t0 = time.perf_counter()
-    # 1. rollout: B windows x G samples through the runtime, on the live weights
+    # 1. rollout: this rank's windows x G samples through the runtime, on the live weights
     run.engine.reset_prefix_cache()     # no prefix computed in another batch (validation): exact resume
-    windows = run.loader.next_batch(cfg.rollout.windows_per_step)
-    samples = rollout(run.engine, windows, run.fmt, cfg.rollout,
+    windows = run.loader.next_batch(cfg.rollout.windows_per_step)       # the whole step's, on every rank
+    mine = world.share(len(windows))
+    samples = rollout(run.engine, windows[mine.start:mine.stop], run.fmt, cfg.rollout,
                       seed=step_seed(cfg, step), embed_speech=run.embed_speech,
-                      rows_per_embedding=run.rows_per_embedding)
+                      rows_per_embedding=run.rows_per_embedding, first_window=mine.start)
     t1 = time.perf_counter()
     # 2. reward: per-segment quality and latency -> hierarchical reward, z-scored within each window's group
-    rewards, parts = rollout_rewards(samples, windows, run.codec, run.scorer, cfg, run.embedder)
+    rewards, parts = rollout_rewards(samples, windows, run.codec, run.scorer, cfg, run.embedder) if samples \
+        else ([], {"quality": [], "latency": [], "latency_term": []})     # more ranks than windows
     # 3. advantage: the reward itself (GRPO-style, already group-normalised), on every assistant token
     advantages = torch.tensor(rewards, dtype=torch.float32)
     t2 = time.perf_counter()
     # 4. update: clipped policy gradient against the rollout-time, reference and sampler logprobs
-    u = policy_update(run, step, samples, advantages)
+    u = policy_update(run, step, samples, advantages, first_sample=mine.start * cfg.rollout.group_size)
     run.engine.reset_prefix_cache()     # K/V cached under the old weights no longer match the model
     t3 = time.perf_counter()
+    rewards, rollout_speed = world.concat(list(rewards)), world.all_gather(u.gen_tokens / max(t1 - t0, 1e-9))
+    parts = {k: world.concat(list(parts[k])) for k in ("quality", "latency", "latency_term")}
     return {"reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
             "quality_mean": float(np.mean(parts["quality"])), "latency_mean": float(np.mean(parts["latency"])),
             "latency_term_mean": float(np.mean(parts["latency_term"])), **u.loss_means,
-            "grad_norm": u.grad_norm, "updates": u.updates, "samples": len(samples), "gen_tokens": u.gen_tokens,
+            "grad_norm": u.grad_norm, "updates": u.updates, "samples": len(rewards), "gen_tokens": u.gen_tokens,
             "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2, "old_ref_logprobs_s": u.logprobs_s,
-            "rollout_tokens_per_s": u.gen_tokens / max(t1 - t0, 1e-9),
+            "rollout_tokens_per_s": u.gen_tokens / max(t1 - t0, 1e-9),   # this rank's
+            **({"rank_rollout_tokens_per_s": rollout_speed} if world.size > 1 else {}),
             "update_tokens_per_s": u.update_tokens / max(t3 - t2, 1e-9)}
 
 
@@ -62,31 +69,39 @@ class Update:
     logprobs_s: float                   # time of the old / ref logprobs
 
 
-def policy_update(run: Run, step: int, samples, advantages: torch.Tensor) -> Update:
+def policy_update(run: Run, step: int, samples, advantages: torch.Tensor, first_sample: int = 0) -> Update:
     """The logprobs the loss compares with (old = trainer at the rollout weights, ref = frozen initial
     model, gen = the sampler's own: their gap is the train / inference mismatch), then one optimizer
-    step per shuffled global batch of token-packed micro-batches (exact token mean over the batch)."""
-    cfg = run.cfg
+    step per shuffled global batch of token-packed micro-batches (exact token mean over the batch).
+    `samples` are this rank's, the step's samples first_sample.. (all of them in one process); the
+    global batches are cut from one permutation of the step's samples, and each rank backpropagates
+    its members of each batch before the gradients are summed over ranks."""
+    cfg, world = run.cfg, run.world
     t0 = time.perf_counter()
     old = all_assistant_logprobs(run.model, samples, run.banned, cfg.rollout.temperature,
                                  cfg.optim.max_tokens_per_microbatch, run.embed_speech)
     ref = reference_logprobs(run, samples)
-    gen = [s.gen_logprobs[s.assistant_mask].to(old[0].device) for s in samples]
+    gen = [s.gen_logprobs[s.assistant_mask].to(run.model.inv_freq.device) for s in samples]
     t_logprobs = time.perf_counter() - t0
-    order = np.random.default_rng([cfg.seed, step]).permutation(len(samples))
+    gen_lengths = world.concat([len(g) for g in gen])      # every sample of the step, in step order
+    order = np.random.default_rng([cfg.seed, step]).permutation(len(gen_lengths))
     sums: dict[str, float] = {}
     grad_norms, update_tokens = [], 0
-    for start in range(0, len(samples), cfg.optim.global_batch):
+    for start in range(0, len(order), cfg.optim.global_batch):
         batch = order[start:start + cfg.optim.global_batch]
+        local = [int(i) - first_sample for i in batch if 0 <= int(i) - first_sample < len(samples)]
         run.trainable.zero_grad()
-        m = accumulate_policy_gradient(run, samples, batch, old, ref, gen, advantages)
+        m = accumulate_policy_gradient(run, samples, local, old, ref, gen, advantages,
+                                       num_global_tokens=sum(gen_lengths[i] for i in batch))
         for k in SUMMED:
             sums[k] = sums.get(k, 0.0) + m.get(k, 0.0)
-        update_tokens += sum(samples[i].num_tokens for i in batch)
+        update_tokens += sum(samples[i].num_tokens for i in local)
+        world.sum_gradients(run.trainable.parameters())
         grad_norms.append(optimizer_step(run))
     n = len(grad_norms)
-    return Update({k: v / n for k, v in sums.items()}, float(np.mean(grad_norms)), n, sum(len(g) for g in gen),
-                  update_tokens, t_logprobs)
+    totals = world.sum({**sums, "update_tokens": update_tokens})
+    return Update({k: totals[k] / n for k in sums}, float(np.mean(grad_norms)), n, sum(gen_lengths),
+                  int(totals["update_tokens"]), t_logprobs)
 
 
 def reference_logprobs(run: Run, samples) -> list[torch.Tensor]:
@@ -102,12 +117,12 @@ def reference_logprobs(run: Run, samples) -> list[torch.Tensor]:
     return all_assistant_logprobs(run.model, *args)
 
 
-def accumulate_policy_gradient(run: Run, samples, batch, old, ref, gen, advantages) -> dict:
-    """Backward of `policy_loss` over one global batch in token-packed micro-batches. Every
-    micro-batch divides by the global batch's token count, so the summed gradient (and the summed
-    token-mean metrics) are those of one call on the whole batch."""
+def accumulate_policy_gradient(run: Run, samples, batch, old, ref, gen, advantages, num_global_tokens: int) -> dict:
+    """Backward of `policy_loss` over this rank's members `batch` of one global batch, in token-packed
+    micro-batches. Every micro-batch divides by the global batch's token count (all ranks' samples), so
+    the gradient and token-mean metrics summed over micro-batches and ranks are those of one call on
+    the whole batch."""
     cfg, lc = run.cfg, run.cfg.loss
-    num_global_tokens = sum(len(gen[i]) for i in batch)
     sums: dict[str, float] = {}
     for mb in micro_batches(samples, batch, cfg.optim.max_tokens_per_microbatch):
         cur, ent = assistant_logprobs(run.model, [samples[i] for i in mb], run.banned, cfg.rollout.temperature,

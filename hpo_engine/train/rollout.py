@@ -189,24 +189,27 @@ def group_rollouts(engine, groups, group_size: int, params: SamplingParams, firs
 
 def rollout(engine, windows: list[Window], fmt: DialogueFormat, rollout_cfg, seed: int | None,
             group_size: int | None = None, greedy: bool = False, windows_together: int | None = None,
-            embed_speech=None, rows_per_embedding: int = 1) -> list[Sample]:
+            embed_speech=None, rows_per_embedding: int = 1, first_window: int = 0) -> list[Sample]:
     """B windows x G samples through the runtime (`group_rollouts`): the groups of up to
     `windows_together` windows (default: all, `rollout.windows_together` when set) run in ONE
-    asynchronous batch. Samples come window by window; sample g of window b is seeded seed + b * G + g."""
+    asynchronous batch. Samples come window by window. `windows` may be one rank's share of a step's
+    batch, starting at batch index `first_window`: window b of the share is the step's window
+    first_window + b (its samples' `window`), and its sample g is seeded seed + (first_window + b) * G + g,
+    so a sample draws the same tokens whichever rank rolls it out."""
     G = group_size or rollout_cfg.group_size
-    together = windows_together or getattr(rollout_cfg, "windows_together", None) or len(windows)
+    together = windows_together or getattr(rollout_cfg, "windows_together", None) or max(len(windows), 1)
     param = next(engine.model.parameters())
     params = sampling_params(rollout_cfg, fmt, seed, greedy)
     samples = []
     for start in range(0, len(windows), together):
         chunk = range(start, min(start + together, len(windows)))
         groups = [window_turns(windows[b], fmt, param.dtype, param.device, embed_speech) for b in chunk]
-        outputs = group_rollouts(engine, groups, G, params, first_group=start)
+        outputs = group_rollouts(engine, groups, G, params, first_group=first_window + start)
         for i, out in enumerate(outputs):
             b = start + i // G
             answers = [t.token_ids for t in out.turns]
             logprobs = [t.logprobs for t in out.turns]
-            samples.append(pack_dialogue(windows[b], fmt, answers, logprobs, index=b,
+            samples.append(pack_dialogue(windows[b], fmt, answers, logprobs, index=first_window + b,
                                          dtype=torch.float32 if embed_speech else param.dtype,
                                          rows_per_embedding=rows_per_embedding))
     return samples

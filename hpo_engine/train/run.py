@@ -15,6 +15,7 @@ from hpo_engine.sst.adapter import apply_adapter, read_adapter
 from hpo_engine.sst.config import SSTConfig
 from hpo_engine.train.config import ConfigError, TrainConfig
 from hpo_engine.train.data import WindowLoader, load_window, read_manifest
+from hpo_engine.train.distributed import World, init_world
 from hpo_engine.train.master_weights import MasterWeights
 from hpo_engine.train.reward import QualityScorer
 from hpo_engine.train.rollout import DialogueFormat, TextCodec, banned_vocab_mask
@@ -41,6 +42,7 @@ class Run:
     master: MasterWeights | None = None    # fp32 masters when the model is not float32
     embedder: object | None = None         # sentence embedder of the embedding segmenter (reward.segmenter)
     continued_lora: bool = False           # the LoRA continues the base checkpoint's (it replaces it on export)
+    world: World = World()                 # this process's rank among the data-parallel replicas
 
     @property
     def rows_per_embedding(self) -> int:
@@ -58,6 +60,7 @@ def step_seed(cfg: TrainConfig, step: int) -> int:
 
 
 def setup(cfg: TrainConfig) -> Run:
+    world = init_world(cfg.model.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     torch.manual_seed(cfg.seed)
@@ -92,6 +95,7 @@ def setup(cfg: TrainConfig) -> Run:
         if base_adapter:
             apply_adapter(ref_model, base_adapter)
     params = trainable.parameters()
+    world.broadcast_parameters(params)     # replicas start equal whatever the local init did
     master = MasterWeights(params) if dtype != torch.float32 else None
     optimizer = torch.optim.AdamW(master.params if master else params, lr=cfg.optim.lr,
                                   weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
@@ -113,7 +117,7 @@ def setup(cfg: TrainConfig) -> Run:
         embedder = MiniLMEmbedder(cfg.reward.embedder_path, device=m.device)
     return Run(cfg, model, trainable, ref_model, frozen_copy(projector), sst, engine, optimizer, fmt,
                TextCodec(tokenizer, fmt.stop_id), banned_vocab_mask(fmt, model.config.vocab_size), loader, valid,
-               Path(cfg.output_dir), scorer, master, embedder, bool(continued))
+               Path(cfg.output_dir), scorer, master, embedder, bool(continued), world)
 
 
 def continued_lora(base_adapter, model, m) -> dict:

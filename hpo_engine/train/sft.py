@@ -54,15 +54,17 @@ def sft_answers(window, codec, chunk_seconds: float, lag_chunks: int, lang: str,
 
 
 def sft_step(run, step: int) -> dict:
-    """One SFT update: cross-entropy (token mean) on the assistant tokens of rule-built trajectories."""
-    cfg, d = run.cfg, run.cfg.dialogue
+    """One SFT update: cross-entropy (token mean) on the assistant tokens of rule-built trajectories.
+    Under torchrun each rank builds and backpropagates its share of the batch, divided by the global
+    token count, and the gradients are summed over ranks (train/distributed.py)."""
+    cfg, d, world = run.cfg, run.cfg.dialogue, run.world
     t0 = time.perf_counter()
-    windows = run.loader.next_batch(cfg.sft.batch_size)
-    samples = [pack_dialogue(w, run.fmt,
-                             sft_answers(w, run.codec, d.chunk_seconds, cfg.sft.lag_chunks, d.target_lang,
+    windows = run.loader.next_batch(cfg.sft.batch_size)        # the whole batch, on every rank
+    samples = [pack_dialogue(windows[b], run.fmt,
+                             sft_answers(windows[b], run.codec, d.chunk_seconds, cfg.sft.lag_chunks, d.target_lang,
                                          run.fmt.stop_id), index=b, rows_per_embedding=run.rows_per_embedding)
-               for b, w in enumerate(windows)]
-    num_global_tokens = sum(int(s.assistant_mask.sum()) for s in samples)
+               for b in world.share(len(windows))]
+    num_global_tokens = int(world.sum({"n": sum(int(s.assistant_mask.sum()) for s in samples)})["n"])
     run.trainable.zero_grad()
     total = 0.0
     for mb in micro_batches(samples, range(len(samples)), cfg.optim.max_tokens_per_microbatch):
@@ -71,9 +73,10 @@ def sft_step(run, step: int) -> dict:
         loss = -torch.cat(lps).sum() / num_global_tokens
         loss.backward()
         total += float(loss.detach())
+    world.sum_gradients(run.trainable.parameters())
     grad_norm = optimizer_step(run)
     run.engine.reset_prefix_cache()
     seconds = time.perf_counter() - t0
-    tokens = sum(s.num_tokens for s in samples)
-    return {"sft_loss": total, "grad_norm": grad_norm, "target_tokens": num_global_tokens, "update_s": seconds,
-            "update_tokens_per_s": tokens / max(seconds, 1e-9)}
+    totals = world.sum({"loss": total, "tokens": sum(s.num_tokens for s in samples)})
+    return {"sft_loss": totals["loss"], "grad_norm": grad_norm, "target_tokens": num_global_tokens,
+            "update_s": seconds, "update_tokens_per_s": totals["tokens"] / max(seconds, 1e-9)}
