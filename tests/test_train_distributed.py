@@ -77,7 +77,7 @@ def assert_same_run(a: Path, b: Path, tol=1e-5):
     compared = 0
     for x, y in zip(ma, mb):
         for k, v in x.items():
-            if isinstance(v, (int, float)) and not k.endswith(TIMING) and k != "rank_rollout_tokens_per_s":
+            if isinstance(v, (int, float)) and not k.endswith(TIMING):
                 # the gradient norm (not a trained quantity: it sums the squares of every ulp-level
                 # difference of the summation order) to 1e-4 relative; losses, rewards, KL, counts to tol
                 scale = 10 * max(1.0, abs(v)) if k == "grad_norm" else 1.0

@@ -1,6 +1,8 @@
 """`hpo-engine train --config FILE.yaml [--resume]` (register with `main.add_command(train)`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -33,5 +35,5 @@ def train(config_path, resume):
     if rank != 0:
         return
     last = history[-1] if history else {}
-    click.echo(f"done: {len(history)} steps run, output in {cfg.output_dir}"
+    click.echo(f"done: {len(history)} steps run, output in {Path(cfg.output_dir).resolve()}"
                + (f", last validation {last['validation']}" if last.get("validation") else ""))

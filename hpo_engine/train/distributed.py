@@ -22,7 +22,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from dataclasses import dataclass
+import pickle
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,8 @@ import torch.distributed as dist
 class World:
     rank: int = 0
     size: int = 1
+    sent: dict = field(default_factory=lambda: {"bytes": 0}, compare=False, repr=False)   # payload this rank
+                                                                                          # put into collectives
 
     @property
     def is_main(self) -> bool:
@@ -48,6 +51,7 @@ class World:
         if self.size == 1:
             return [obj]
         out = [None] * self.size
+        self.sent["bytes"] += len(pickle.dumps(obj))
         dist.all_gather_object(out, obj)
         return out
 
@@ -61,6 +65,7 @@ class World:
             return dict(values)
         keys = sorted(values)
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        self.sent["bytes"] += t.numel() * t.element_size()
         dist.all_reduce(t)
         return {k: float(v) for k, v in zip(keys, t.tolist())}
 
@@ -69,6 +74,8 @@ class World:
         if self.size == 1:
             return obj
         box = [obj if self.is_main else None]
+        if self.is_main:
+            self.sent["bytes"] += len(pickle.dumps(obj))
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -86,6 +93,7 @@ class World:
             by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
         for grads in by_dtype.values():
             flat = torch.cat([g.reshape(-1) for g in grads])
+            self.sent["bytes"] += flat.numel() * flat.element_size()
             dist.all_reduce(flat)
             offset = 0
             for g in grads:

@@ -155,11 +155,14 @@ def _train(run: Run, resume: bool) -> list[dict]:
         stop_on_sigterm(world, lambda: step)
     try:
         for step in bar:
+            sent = world.sent["bytes"]
             record = {"step": step, **step_fn(run, step)}
             validation = None
             if run.valid and (step % t.validate_every == 0 or step % t.checkpoint_every == 0 or step == t.steps):
                 validation = validate(run)
                 record["validation"] = validation
+            if world.size > 1:      # what this rank put into collectives in this step (rank 0's is logged)
+                record["collective_bytes"] = world.sent["bytes"] - sent
             history.append(record)
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("quality_mean", "kl", "sft_loss") if k in record})
             if not main:
