@@ -1,4 +1,5 @@
-"""`hpo-engine serve`: WebSocket streaming (docs/DESIGN.md "Streaming protocol") and HTTP endpoints.
+"""`hpo-engine serve`: WebSocket streaming (docs/DESIGN.md "Streaming protocol"), vLLM's realtime
+protocol at /v1/realtime (realtime.py) and HTTP endpoints.
 
 An asyncio loop does all I/O (websockets' server; plain HTTP routes through process_request); the
 engine runs in its own thread (worker.py). Per connection: a reader (validates frames, applies
@@ -14,6 +15,7 @@ import signal
 import time
 from collections import Counter
 from http import HTTPStatus
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import serve
@@ -23,6 +25,7 @@ from websockets.http11 import Response
 
 from hpo_engine.speech.audio import SAMPLE_RATE
 
+from . import realtime
 from .admission import Admission, calibrate
 from .config import ServerConfig
 from .metrics import ServerMetrics
@@ -87,6 +90,7 @@ class TranslationServer:
         self.connections: Counter = Counter()       # open WebSocket connections per client address
         self.draining = False
         self.server = None
+        self.model_id = Path(str(model.path)).name      # the name realtime clients give in session.update
 
     # -- HTTP -----------------------------------------------------------------------------------------
     def metrics_text(self) -> str:
@@ -134,7 +138,7 @@ class TranslationServer:
             return _http(200, self.metrics_text(), "text/plain; version=0.0.4; charset=utf-8")
         if path in ("/", "/index.html"):
             return _http(200, page_html(self.model.config), "text/html; charset=utf-8")
-        if path != STREAM_PATH:
+        if path not in (STREAM_PATH, realtime.PATH):
             return _http(404, f"no such path: {path}\n")
         if not self.authorized(request.headers):
             return _http(401, "missing or wrong bearer token (send Authorization: Bearer TOKEN)\n")
@@ -165,7 +169,8 @@ class TranslationServer:
                 del self.connections[address]
 
     async def _serve(self, ws, address: str) -> None:
-        query = parse_qs(urlsplit(ws.request.path).query)
+        url = urlsplit(ws.request.path)
+        query = parse_qs(url.query)
         target_lang = query.get("target_lang", [self.model.config.default_target_lang])[0]
         cfg = self.model.config
         if target_lang not in cfg.instructions:
@@ -178,11 +183,13 @@ class TranslationServer:
             await self._refuse(ws, *refused[1:])
             return
         s = Session(target_lang, asyncio.get_running_loop(),
-                    int(self.config.max_buffered_ms * SAMPLE_RATE / 1000))
+                    int(self.config.max_buffered_ms * SAMPLE_RATE / 1000), realtime=url.path == realtime.PATH)
         self.sessions.add(s)
         self.metrics.streams_total += 1
-        self.worker.add(s)
+        if not s.realtime:          # a realtime session may still change its language: it starts with its audio
+            self._start(s)
         s.post({"type": "ready", "session": s.id, "target_lang": target_lang, "sample_rate": SAMPLE_RATE,
+                "model_id": self.model_id,
                 "chunk_ms": cfg.chunk_ms, "trained": cfg.trained,
                 "model": cfg.description or ("trained" if cfg.trained else "UNTRAINED model")})
         writer = asyncio.create_task(self._write(ws, s))
@@ -203,12 +210,22 @@ class TranslationServer:
         await ws.send(json.dumps({"type": "error", "code": code, "message": message}))
         await ws.close(1008, code)
 
+    def _start(self, s: Session) -> None:
+        """Hand the session to the engine thread (it opens the SST stream in s.target_lang)."""
+        if not s.started_engine:
+            s.started_engine = True
+            self.worker.add(s)
+
     async def _write(self, ws, s: Session) -> None:
         while True:
             frame = await s.outbox.get()
             if frame is None:
                 await ws.close(1000, s.end_reason or "done")
                 return
+            if s.realtime:
+                frame = realtime.server_event(frame)
+                if frame is None:
+                    continue
             await ws.send(json.dumps(frame, ensure_ascii=False))
 
     def _error(self, s: Session, code: str, message: str) -> None:
@@ -219,6 +236,7 @@ class TranslationServer:
     def end_stream(self, s: Session, reason: str) -> None:
         if not s.ended:
             s.ended, s.end_reason = True, reason
+            self._start(s)          # a realtime session that sent no audio still gets its done
             self.worker.submit(s, END)
 
     async def _read(self, ws, s: Session) -> None:
@@ -240,6 +258,8 @@ class TranslationServer:
             if size > cfg.max_message_bytes:
                 self._error(s, "message_too_large",
                             f"frame of {size} bytes exceeds {cfg.max_message_bytes}; it was dropped")
+            elif s.realtime:
+                await self._realtime_frame(s, message, max_samples)
             elif isinstance(message, str):
                 self._text_frame(s, message)
             elif len(message) % 2:
@@ -272,6 +292,46 @@ class TranslationServer:
             self.worker.submit(s, bytes(message))
         if s.accepted_samples >= max_samples:
             self.end_stream(s, "duration_limit")
+
+    async def _realtime_frame(self, s: Session, message, max_samples: int) -> None:
+        """One event of vLLM's realtime protocol (realtime.py); a bad one gets an error event and the
+        session goes on, as a bad frame does on /v1/stream."""
+        if isinstance(message, bytes):
+            self._error(s, "invalid_event", "binary frames are not part of the realtime protocol: send audio "
+                        "as input_audio_buffer.append events (base64 PCM16); it was dropped")
+            return
+        if json_depth(message, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            self._error(s, "invalid_json", f"event nests deeper than {MAX_JSON_DEPTH} levels; it was dropped")
+            return
+        try:
+            event = realtime.parse_event(message)
+            if event["type"] == realtime.UPDATE:
+                self._session_update(s, event)
+            elif event["type"] == realtime.APPEND:
+                pcm = realtime.decode_audio(event)
+                self._start(s)
+                await self._audio_frame(s, pcm, max_samples)
+            elif realtime.is_final(event):
+                if not s.accepted_samples:
+                    raise realtime.ProtocolError("input_audio_buffer_commit_empty", "final commit with no audio "
+                                                 "appended: append input_audio_buffer.append events first")
+                self.end_stream(s, "end")
+        except realtime.ProtocolError as e:
+            self._error(s, e.code, e.message)
+
+    def _session_update(self, s: Session, event: dict) -> None:
+        cfg, model = self.model.config, event.get("model")
+        if model not in (None, "", self.model_id, str(self.model.path)):
+            raise realtime.ProtocolError("model_not_found", f"this server serves {self.model_id!r}, not {model!r}")
+        lang = event.get("target_lang")
+        if lang is None or lang == s.target_lang:
+            return
+        if lang not in cfg.instructions:
+            raise realtime.ProtocolError("bad_target_lang", f"target_lang {lang!r} is not supported (supported: "
+                                         f"{', '.join(sorted(cfg.instructions))})")
+        if s.started_engine:
+            raise realtime.ProtocolError("session_started", "target_lang can only change before the first audio")
+        s.target_lang = lang
 
     def _check_pace(self, s: Session) -> None:
         """A slot is not held by a stream that sends much slower than real time (any frame resets the idle

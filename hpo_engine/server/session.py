@@ -35,6 +35,8 @@ class Session:
     errors: int = 0
     held_s: float = 0.0          # time the reader waited for the engine (backpressure): not the client's
     rate_marks: deque = field(default_factory=lambda: deque([(0.0, 0)]))   # (client time, accepted samples)
+    realtime: bool = False       # vLLM's realtime protocol (realtime.py) rather than /v1/stream's
+    started_engine: bool = False  # handed to the engine thread (its SST stream opens in target_lang)
 
     def __post_init__(self):
         self.space.set()

@@ -124,7 +124,10 @@ class EngineWorker(threading.Thread):
             s.loop.call_soon_threadsafe(s.on_translated, samples)
         for s in list(self.sessions):
             if s.sst is not None and s.sst.finished:
-                s.post({"type": "done", "text": s.sst.text, "audio_ms": round(s.sst.audio_ms, 3)})
+                stats = s.sst.stream.stats()
+                s.post({"type": "done", "text": s.sst.text, "audio_ms": round(s.sst.audio_ms, 3),
+                        "generated_tokens": stats["generated_tokens"],
+                        "prompt_tokens": stats["cached_tokens"] + stats["evicted_tokens"] - stats["generated_tokens"]})
                 self._close(s, s.end_reason or "end")
         return len(results)
 
