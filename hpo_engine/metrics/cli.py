@@ -25,7 +25,8 @@ def _emit(scores: Dict[str, float], as_json: bool) -> None:
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}
     width = max(len(k) for k in clean) if clean else 0
     for key, value in clean.items():
-        click.echo(f"{key:<{width}}  {'n/a' if value is None else f'{value:.4f}'}")
+        shown = "n/a" if value is None else value if isinstance(value, str) else f"{value:.4f}"
+        click.echo(f"{key:<{width}}  {shown}")
 
 
 def _run(fn, **kwargs) -> Dict[str, float]:
@@ -80,14 +81,32 @@ def shortform(hypothesis, references, latency_unit, lang, bleu_tokenizer, no_use
 @click.option("--bleu-tokenizer", default=None, help="sacrebleu tokenizer (default from --lang).")
 @click.option("--no-moses", is_flag=True, help="soft: align untokenized words (OmniSTEval without --lang).")
 @click.option("--fix-elapsed", is_flag=True, help="soft: OmniSTEval's --fix_simuleval_emission_ca.")
+@click.option("--iwslt2026", is_flag=True,
+              help="What the IWSLT 2026 simultaneous track reports: BLEU, chrF, LongYAAL(_CA) (OmniSTEval's "
+                   "SoftSegmenter), StreamLAAL(_CA) (mWER), COMET with --comet-model, and the latency regime "
+                   "(0-2 s, 2-4 s). Replaces --segmenter.")
+@click.option("--comet-model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="--iwslt2026: a local COMET / xCOMET-XL checkpoint (.ckpt); needs unbabel-comet.")
+@click.option("--sources", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="--iwslt2026 with --comet-model: one source sentence per reference line.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def longform(hypothesis, references, segmentation, lang, segmenter, latency_unit, bleu_tokenizer,
-             no_moses, fix_elapsed, as_json):
+             no_moses, fix_elapsed, iwslt2026, comet_model, sources, as_json):
     """Long-form log: resegment into reference sentences, then BLEU, chrF, TER and
-    StreamLAAL(_CA) (mwer) or LongYAAL(_CA) (soft)."""
+    StreamLAAL(_CA) (mwer) or LongYAAL(_CA) (soft); or the IWSLT 2026 track's report (--iwslt2026)."""
     from .segment_latency import is_char_language
-    from .scoring import score_longform
+    from .scoring import score_iwslt2026, score_longform
 
+    if (comet_model or sources) and not iwslt2026:
+        raise click.UsageError("--comet-model and --sources go with --iwslt2026")
+    if iwslt2026:
+        scores = _run(score_iwslt2026, hypothesis=hypothesis, references=references, segmentation=segmentation,
+                      lang=lang, comet_path=comet_model, sources=sources, fix_elapsed=fix_elapsed)
+        if not as_json:
+            click.echo(f"IWSLT 2026 simultaneous track, long-form, en-{lang} (latency in ms; "
+                       "LongYAAL decides the regime)")
+        _emit(scores, as_json)
+        return
     unit = latency_unit or ("char" if is_char_language(lang) else "word")
     scores = _run(score_longform, hypothesis=hypothesis, references=references,
                   segmentation=segmentation, lang=lang, segmenter=segmenter, unit=unit,

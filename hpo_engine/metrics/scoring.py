@@ -96,3 +96,58 @@ def score_longform(hypothesis: str, references: str, segmentation: str, lang: st
             scores["LongYAAL_CA"] = long_yaal(sentences, unit, computation_aware=True)
         return scores
     raise ValueError(f"unknown segmenter {segmenter!r}; expected 'mwer' or 'soft'")
+
+
+# The IWSLT 2026 simultaneous track's latency regimes, in ms of (non computation-aware) LongYAAL.
+IWSLT2026_REGIMES = (("low latency (0-2 s)", 0.0, 2000.0), ("high latency (2-4 s)", 2000.0, 4000.0))
+
+
+def latency_regime(latency_ms: Optional[float]) -> str:
+    """The track's regime a system falls in, by its latency in ms."""
+    if latency_ms is None or latency_ms != latency_ms:
+        return "none (no latency)"
+    for name, low, high in IWSLT2026_REGIMES:
+        if low <= latency_ms <= high:
+            return name
+    return "outside the track's regimes (over 4 s)"
+
+
+def score_iwslt2026(hypothesis: str, references: str, segmentation: str, lang: str,
+                    comet_path: Optional[str] = None, sources: Optional[str] = None,
+                    fix_elapsed: bool = False, comet_gpus: int = 0) -> Dict[str, object]:
+    """What the IWSLT 2026 simultaneous track reports for a long-form log, in one call:
+
+    - OmniSTEval's flow: SoftSegmenter resegmentation, then BLEU and chrF of the resegmented
+      sentences and LongYAAL / LongYAAL_CA;
+    - StreamLAAL / StreamLAAL_CA over the mWER resegmentation (the 2025 track's latency);
+    - COMET (xCOMET-XL or any COMET checkpoint) of the soft-resegmented sentences when
+      `comet_path` is given, with `sources` (one source sentence per reference line) when the
+      model needs them;
+    - the latency regime (by LongYAAL) the system falls in.
+    """
+    from .segment_latency import is_char_language
+
+    unit = "char" if is_char_language(lang) else "word"
+    log = read_instances_log(hypothesis, unit)
+    refs, segments = read_references(references), read_segmentation(segmentation)
+    soft = resegment_soft(log, refs, segments, unit, lang, fix_elapsed, hypothesis)
+    scores: Dict[str, object] = corpus_quality([x.prediction for x in soft], [x.reference for x in soft],
+                                               default_bleu_tokenizer(lang), ("BLEU", "chrF"))
+    if any(x.emission_cu for x in soft):
+        scores["LongYAAL"] = long_yaal(soft, unit)
+    if any(x.emission_ca for x in soft):
+        scores["LongYAAL_CA"] = long_yaal(soft, unit, computation_aware=True)
+    mwer = score_longform(hypothesis, references, segmentation, lang, "mwer", unit, quality=())
+    scores.update({k: v for k, v in mwer.items() if k.startswith("StreamLAAL")})
+    if comet_path:
+        from .neural import CometScorer
+        src = read_references(sources) if sources else None
+        if src is not None and len(src) != len(refs):
+            raise ValueError(f"--sources has {len(src)} lines, --references {len(refs)}: one source per reference")
+        segment_scores = CometScorer(comet_path, gpus=comet_gpus).score(
+            [x.prediction for x in soft], [x.reference for x in soft], src or [""] * len(soft))
+        scores["COMET"] = 100.0 * sum(segment_scores) / max(len(segment_scores), 1)
+    scores["latency_regime"] = latency_regime(scores.get("LongYAAL"))
+    if "LongYAAL_CA" in scores:
+        scores["latency_regime_CA"] = latency_regime(scores["LongYAAL_CA"])
+    return scores
