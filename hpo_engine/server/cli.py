@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from hpo_engine.sst.default_model import default_model_help
+
 
 def read_token(path: str | None, allow_world_readable: bool = False) -> str | None:
     if path is None:
@@ -26,7 +28,7 @@ def read_token(path: str | None, allow_world_readable: bool = False) -> str | No
 
 @click.command()
 @click.option("--model", "model_path", type=click.Path(exists=True, file_okay=False),
-              help="SST checkpoint folder (default: the embedded UNTRAINED demo model, built on first use).")
+              help=f"SST checkpoint folder (default: {default_model_help()}).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, help="0 picks a free port (printed in the log).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False),

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import click
 
+from hpo_engine.sst.default_model import default_model_help
+
 
 @click.command()
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="SimulEval-style JSONL (index, prediction, delays, elapsed, source_length, reference).")
 @click.option("--model", "model_path", type=click.Path(file_okay=False),
-              help="SST checkpoint folder (default: the embedded UNTRAINED demo model).")
+              help=f"SST checkpoint folder (default: {default_model_help()}).")
 @click.option("--target-lang", default=None, help="Target language code (default: the checkpoint's).")
 @click.option("--references", type=click.Path(exists=True, dir_okay=False),
               help="One reference per line, in the order of AUDIO; written into each line's `reference`.")

@@ -29,6 +29,14 @@ UNTRAINED_NOTICE = ("untrained demo model: Whisper tiny.en encoder + SmolLM2-135
                     "untrained projector; its output is not a translation")
 
 
+def default_model_help() -> str:
+    """What `--model` defaults to, for --help texts (a file check, nothing is built)."""
+    if (TRAINED_DIR / CONFIG_NAME).is_file():
+        return ("the embedded demo model: Whisper tiny.en + SmolLM2-135M-Instruct, trained by hpo-engine itself "
+                "(python -m hpo_engine.demo); weak, built on first use")
+    return "the embedded UNTRAINED demo model (its output is not a translation), built on first use"
+
+
 def special_and_newline_ids(tokenizer, keep: list[int]) -> list[int]:
     """Ids to ban in assistant turns: every special token but `keep`, and every id whose text has a newline."""
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}

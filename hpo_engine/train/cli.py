@@ -34,6 +34,23 @@ def train(config_path, resume):
         raise click.ClickException(str(exc)) from None
     if rank != 0:
         return
-    last = history[-1] if history else {}
-    click.echo(f"done: {len(history)} steps run, output in {Path(cfg.output_dir).resolve()}"
-               + (f", last validation {last['validation']}" if last.get("validation") else ""))
+    click.echo(done_message(Path(cfg.output_dir).resolve(), history))
+
+
+def done_message(out: Path, history: list[dict]) -> str:
+    """Where the run's outputs went (what exists of them) and its last validation."""
+    from hpo_engine.train.checkpoint import list_checkpoints
+    parts = []
+    found = list_checkpoints(out / "checkpoints")
+    if found:
+        parts.append(f"checkpoints/ (newest {found[-1].name})")
+    parts += [name for name in ("metrics.jsonl",) if (out / name).is_file()]
+    if (out / "tensorboard").is_dir():
+        parts.append(f"tensorboard/ (tensorboard --logdir {out / 'tensorboard'})")
+    if (out / "sst").is_dir():
+        parts.append(f"sst/ (hpo-engine serve --model {out / 'sst'})")
+    last = next((h["validation"] for h in reversed(history) if h.get("validation")), None)
+    text = f"done: {len(history)} steps run; outputs in {out}: " + ", ".join(parts)
+    if last:
+        text += "; last validation: " + ", ".join(f"{k} {v:.3g}" for k, v in last.items() if isinstance(v, float))
+    return text

@@ -51,6 +51,19 @@ def validate(run: Run) -> dict:
             "StreamLAAL": window_stream_laal(sentences, d.target_lang), "latency": float(np.mean(latency))}
 
 
+def progress_fields(record: dict) -> dict:
+    """The progress bar's view of a step: the reward's parts (its mean is 0 by construction: group
+    z-scores), the KL to the reference, the step's rollout speed; SFT's loss."""
+    shown = {}
+    if "quality_mean" in record:
+        shown.update(quality=f"{record['quality_mean']:.3g}", latency_s=f"{record['latency_mean']:.3g}",
+                     kl=f"{record['kl']:.3g}")
+        shown["rollout_tok/s"] = f"{record['gen_tokens'] / max(record['rollout_s'], 1e-9):,.0f}"
+    if "sft_loss" in record:
+        shown.update(loss=f"{record['sft_loss']:.4g}", tok_s=f"{record['update_tokens_per_s']:,.0f}")
+    return shown
+
+
 def _log(path: Path, record: dict, tensorboard=None) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -164,7 +177,7 @@ def _train(run: Run, resume: bool) -> list[dict]:
             if world.size > 1:      # what this rank put into collectives in this step (rank 0's is logged)
                 record["collective_bytes"] = world.sent["bytes"] - sent
             history.append(record)
-            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("quality_mean", "kl", "sft_loss") if k in record})
+            bar.set_postfix(progress_fields(record), refresh=False)
             if not main:
                 continue
             _log(metrics_path, record, tensorboard)
