@@ -41,10 +41,11 @@ def task(tmp_path_factory):
     return toy.write_toy_task(tmp_path_factory.mktemp("toy"))
 
 
-def write_config(task, out: Path, mode="hpo", steps=8, checkpoint_every=4, **model) -> Path:
+def write_config(task, out: Path, mode="hpo", steps=8, checkpoint_every=4, optim=None, **model) -> Path:
     c = yaml.safe_load((REPO / "configs" / "tiny_cpu.yaml").read_text())
     c.update(mode=mode, output_dir=str(out))
     c["model"].update(path=str(task / "model"), **model)
+    c["optim"].update(optim or {})
     c["data"] = {"train": str(task / "train.jsonl"), "valid": str(task / "valid.jsonl")}
     c["train"].update(steps=steps, checkpoint_every=checkpoint_every, validate_every=checkpoint_every,
                       progress_bar=False)
@@ -107,6 +108,17 @@ def test_two_processes_equal_one(task, tmp_path, mode, model):
     # rank 0 alone wrote: one line per step, one "done", no stray temporary checkpoint
     assert len(metrics(two)) == 20 and done.stdout.count("done:") == 1
     assert not list((two / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_sharded_optimizer_state_equals_one_process_and_resumes_without_it(task, tmp_path):
+    """optim.shard_optimizer_state (torch's ZeroRedundancyOptimizer): the same run as one process; its
+    checkpoint (the state consolidated on rank 0) resumes in one process with a plain AdamW."""
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    train(write_config(task, one, steps=12, checkpoint_every=4))
+    train(write_config(task, sharded, steps=8, checkpoint_every=4, optim={"shard_optimizer_state": True}), 2)
+    train(write_config(task, sharded, steps=12, checkpoint_every=4), 1, "--resume")
+    assert_same_run(one, sharded)
 
 
 def rank_pid(marker: str, rank: int) -> int | None:

@@ -108,6 +108,7 @@ class OptimSection:
     global_batch: int = 128              # samples per optimizer update (HPO: 512 rollouts -> 4 updates)
     max_tokens_per_microbatch: int = 4096
     gradient_checkpointing: bool = False     # recompute each layer in backward (less activation memory)
+    shard_optimizer_state: bool = False      # under torchrun: each rank keeps 1/N of AdamW's state (ZeRO-1)
 
 
 @dataclass

@@ -11,8 +11,10 @@ the data position therefore stay identical on all ranks: rank 0 alone writes che
 Why not DDP or FSDP2's wrappers: both tie a gradient collective to every backward, so every rank
 must run the same number of forwards. Here a rank runs as many token-packed micro-batches as its
 share of a global batch needs (none at all when that share is empty), so the all-reduce is issued
-once, after the rank's last micro-batch. Sharding the optimizer state (FSDP2 / ZeRO) is left for
-models whose optimizer state does not fit one device next to the engine.
+once, after the rank's last micro-batch. The weights stay whole on every rank (its engine decodes
+with them); the optimizer state can be sharded (`optim.shard_optimizer_state`: torch's
+ZeroRedundancyOptimizer, train/run.py), which is where sharding saves memory here: AdamW's two fp32
+moments are twice a fp32 model.
 
 One process is a World of size 1 without a process group: every collective is then the identity,
 and the one-process run and the distributed one are the same code.

@@ -97,8 +97,7 @@ def setup(cfg: TrainConfig) -> Run:
     params = trainable.parameters()
     world.broadcast_parameters(params)     # replicas start equal whatever the local init did
     master = MasterWeights(params) if dtype != torch.float32 else None
-    optimizer = torch.optim.AdamW(master.params if master else params, lr=cfg.optim.lr,
-                                  weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    optimizer = make_optimizer(master.params if master else params, cfg.optim, world)
     # speech rows per placeholder: encoder frames with a projector (it runs in the trainer), 1 otherwise
     stack = (projector or speech.bridge).cfg.stack if sst is not None else 1
     frames, chunks = d.frames_per_chunk * stack, d.chunks_per_window
@@ -118,6 +117,17 @@ def setup(cfg: TrainConfig) -> Run:
     return Run(cfg, model, trainable, ref_model, frozen_copy(projector), sst, engine, optimizer, fmt,
                TextCodec(tokenizer, fmt.stop_id), banned_vocab_mask(fmt, model.config.vocab_size), loader, valid,
                Path(cfg.output_dir), scorer, master, embedder, bool(continued), world)
+
+
+def make_optimizer(params: list[torch.Tensor], o, world: World) -> torch.optim.Optimizer:
+    """AdamW; with optim.shard_optimizer_state under torchrun, torch's ZeroRedundancyOptimizer: each rank
+    steps and keeps the state of its 1/N of the parameters, then the updated values are broadcast. Its
+    state_dict, consolidated on rank 0 for a checkpoint, is a plain AdamW's (any process count resumes)."""
+    kwargs = {"lr": o.lr, "weight_decay": o.weight_decay, "betas": tuple(o.betas)}
+    if o.shard_optimizer_state and world.size > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
 def continued_lora(base_adapter, model, m) -> dict:

@@ -178,10 +178,13 @@ def _train(run: Run, resume: bool) -> list[dict]:
                 record["collective_bytes"] = world.sent["bytes"] - sent
             history.append(record)
             bar.set_postfix(progress_fields(record), refresh=False)
+            checkpoint = step % t.checkpoint_every == 0 or step == t.steps
+            if checkpoint and hasattr(run.optimizer, "consolidate_state_dict"):
+                run.optimizer.consolidate_state_dict(to=0)      # sharded state: every rank sends its part
             if not main:
                 continue
             _log(metrics_path, record, tensorboard)
-            if step % t.checkpoint_every == 0 or step == t.steps:
+            if checkpoint:
                 ckpt.save_checkpoint(ckpt_root, step, run.trainable.state(), run.optimizer,
                                      {"data": run.loader.state(), "validation": validation}, Path(cfg.model.path),
                                      extra=run.master.state() if run.master is not None else None)
