@@ -23,10 +23,10 @@ def train(config_path, resume):
     from hpo_engine.train.data import ManifestError
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("hpo_engine.train").setLevel(logging.INFO)
+    from hpo_engine.train.trainer import RankFailure, train as run_training
     rank = int(os.environ.get("RANK", "0"))
     try:
         cfg = load_config(config_path)
-        from hpo_engine.train.trainer import RankFailure, train as run_training
         history = run_training(cfg, resume=resume)
     except (ConfigError, ManifestError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None

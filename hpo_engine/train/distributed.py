@@ -75,9 +75,7 @@ class World:
         """Rank 0's obj on every rank."""
         if self.size == 1:
             return obj
-        box = [obj if self.is_main else None]
-        if self.is_main:
-            self.sent["bytes"] += len(pickle.dumps(obj))
+        box = [obj if self.is_main else None]      # used at resume only, outside the steps `sent` measures
         dist.broadcast_object_list(box, src=0)
         return box[0]
 

@@ -47,11 +47,13 @@ def hpo_step(run: Run, step: int) -> dict:
     u = policy_update(run, step, samples, advantages, first_sample=mine.start * cfg.rollout.group_size)
     run.engine.reset_prefix_cache()     # K/V cached under the old weights no longer match the model
     t3 = time.perf_counter()
-    rewards, rollout_speed = world.concat(list(rewards)), world.all_gather(u.gen_tokens / max(t1 - t0, 1e-9))
-    parts = {k: world.concat(list(parts[k])) for k in ("quality", "latency", "latency_term")}
+    # the whole step's rewards and parts, in step order (one gather)
+    rows = world.concat(list(zip(rewards, parts["quality"], parts["latency"], parts["latency_term"])))
+    rewards, quality, latency, latency_term = (list(c) for c in zip(*rows))
+    rollout_speed = world.all_gather(u.gen_tokens / max(t1 - t0, 1e-9))
     return {"reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
-            "quality_mean": float(np.mean(parts["quality"])), "latency_mean": float(np.mean(parts["latency"])),
-            "latency_term_mean": float(np.mean(parts["latency_term"])), **u.loss_means,
+            "quality_mean": float(np.mean(quality)), "latency_mean": float(np.mean(latency)),
+            "latency_term_mean": float(np.mean(latency_term)), **u.loss_means,
             "grad_norm": u.grad_norm, "updates": u.updates, "samples": len(rewards), "gen_tokens": u.gen_tokens,
             "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2, "old_ref_logprobs_s": u.logprobs_s,
             "rollout_tokens_per_s": u.gen_tokens / max(t1 - t0, 1e-9),   # this rank's

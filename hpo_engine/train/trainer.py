@@ -126,7 +126,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> list[dict]:
     the result is also written as one: OUTPUT_DIR/sst (serve it with `hpo-engine serve --model`).
     Under torchrun every rank runs this; rank 0 alone writes files and shows progress."""
     run = setup(cfg)
-    if not resume and elastic_restart() and ckpt.list_checkpoints(run.out_dir / "checkpoints"):
+    # rank 0 decides (only it reads output_dir): every rank must take the same resume path
+    if not resume and elastic_restart() and run.world.broadcast(
+            bool(ckpt.list_checkpoints(run.out_dir / "checkpoints")) if run.world.is_main else None):
         resume = True
         log.info("resuming from the last checkpoint after a restart by torchrun (restart %s)",
                  os.environ["TORCHELASTIC_RESTART_COUNT"])
