@@ -8,8 +8,9 @@ Run:    .venv/bin/python bench/bench_zero_shot.py runs/de [--model runs/de/bridg
 
 Data: the demo's held-out test talks (OUT/test: unseen voice, unseen sentences); one talk = one
 hypothesis (its sentences' translations joined) scored against its references joined: corpus BLEU and
-chrF (sacrebleu), the length ratio (hypothesis / reference characters) and, for the bridge, the token
-error rate of what it hears against the English transcript. Oracle token times: each sentence's tokens
+chrF (sacrebleu), the length ratio (hypothesis / reference characters) and, for the bridge, the error
+rate of what it hears against the English transcript (a CTC bridge: LLM tokens of its greedy path; a
+transcriber: the words it commits, served chunk by chunk). Oracle token times: each sentence's tokens
 spread evenly over its spoken span (the synthesiser's sentence times), as the SFT rule spreads words.
 """
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main() -> None:
     from hpo_engine.demo.bridge import edit_distance
     from hpo_engine.metrics.quality import corpus_bleu, corpus_chrf
     from hpo_engine.speech.audio import SAMPLE_RATE, load_audio
+    from hpo_engine.speech.transcriber import WhisperTranscriber, _key
     from hpo_engine.sst.checkpoint import open_sst
     from hpo_engine.sst.simulate import simulate
 
@@ -88,14 +90,23 @@ def main() -> None:
             hyps.append(simulate(model, wave, args.target_lang).prediction)
             if mode != "bridge":
                 continue
-            heard = model.adapter.greedy_ids(torch.from_numpy(np.load(args.data / line["features"]).astype(np.float32)))
-            truth = model.tokenizer.encode(" ".join(line["src_segments"]), add_special_tokens=False)
+            if isinstance(model.adapter, WhisperTranscriber):     # word errors of what it commits, as served
+                frontend = model.new_frontend()
+                frontend.push(wave)
+                frontend.flush()
+                heard = [_key(w) for w in frontend.state.text]
+                truth = [_key(w) for w in " ".join(line["src_segments"]).split()]
+            else:                                                   # LLM-token errors of the CTC path
+                heard = model.adapter.greedy_ids(
+                    torch.from_numpy(np.load(args.data / line["features"]).astype(np.float32)))
+                truth = model.tokenizer.encode(" ".join(line["src_segments"]), add_special_tokens=False)
             errors, total = errors + edit_distance(heard, truth), total + len(truth)
         row = {"BLEU": corpus_bleu(hyps, refs), "chrF": corpus_chrf(hyps, refs),
                "length_ratio": sum(map(len, hyps)) / sum(map(len, refs)), "seconds": time.perf_counter() - t0,
                "examples": [{"hypothesis": h, "reference": r} for h, r in list(zip(hyps, refs))[:3]]}
-        if mode == "bridge":
-            row["token_error_rate"] = errors / max(total, 1)
+        if mode == "bridge":       # LLM tokens (CTC bridge) or words (transcriber) of the English
+            row["token_error_rate" if not isinstance(model.adapter, WhisperTranscriber) else "word_error_rate"] = \
+                errors / max(total, 1)
         out["rows"][mode] = row
         print(mode, json.dumps({k: v for k, v in row.items() if k != "examples"}), flush=True)
         for ex in row["examples"]:

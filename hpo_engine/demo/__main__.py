@@ -4,6 +4,9 @@
     python -m hpo_engine.demo bridge OUT    the CTC bridge on those frames -> OUT/bridge     (bridge.py)
     python -m hpo_engine.demo assemble OUT  bridge + Whisper + Qwen2.5-0.5B -> OUT/bridge/sst
     python -m hpo_engine.demo bridge-sft OUT   SFT (LoRA) of that checkpoint -> OUT/bridge_sft/sst
+    python -m hpo_engine.demo assemble-transcriber OUT   Whisper tiny.en (encoder + decoder) + Qwen2.5-0.5B
+                                            -> OUT/transcriber/sst (no training: Whisper's decoder is the bridge)
+    python -m hpo_engine.demo transcriber-sft OUT   SFT (LoRA) of that checkpoint -> OUT/transcriber_sft/sst
     python -m hpo_engine.demo sft OUT       SFT from the untrained default -> OUT/sft/sst      (recipe.py)
     python -m hpo_engine.demo hpo OUT       HPO from OUT/sft/sst -> OUT/hpo/sst
     python -m hpo_engine.demo eval OUT      test talks at chunk multipliers 1..4 -> OUT/eval/table.md
@@ -115,9 +118,25 @@ def assemble(out_dir, llm):
     click.echo(f"SST checkpoint: {assemble_sst(Path(out_dir) / 'bridge', llm or qwen25_path(), Path(out_dir) / 'bridge' / 'sst')}")
 
 
+@main.command(name="assemble-transcriber")
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--llm", type=click.Path(file_okay=False, exists=True), default=None,
+              help="LLM folder (default: the Qwen2.5-0.5B build).")
+def assemble_transcriber(out_dir, llm):
+    """Whisper tiny.en's encoder and decoder (the transcriber) + the LLM -> OUT/transcriber/sst."""
+    from pathlib import Path
+
+    from hpo_engine.assets.qwen25 import qwen25_path
+
+    from .bridge import assemble_sst
+    dest = assemble_sst(None, llm or qwen25_path(), Path(out_dir) / "transcriber" / "sst")
+    click.echo(f"SST checkpoint: {dest}")
+
+
 sft = _stage("sft", "demo_sft.yaml")
 hpo = _stage("hpo", "demo_hpo.yaml")
 bridge_sft = _stage("bridge_sft", "bridge_sft.yaml")
+transcriber_sft = _stage("transcriber_sft", "transcriber_sft.yaml")
 
 
 @main.command(name="eval")

@@ -146,7 +146,8 @@ def train_bridge(data_dir, tokenizer, epochs: int = 12, batch_talks: int = 24, l
 
 def assemble_sst(bridge_dir, llm_folder, dest, description: str = "") -> Path:
     """An SST checkpoint folder: Whisper tiny.en + the trained bridge + the LLM (untrained: the LLM reads
-    the bridge's rows zero-shot until SFT). Written to DEST.tmp, then renamed."""
+    the bridge's rows zero-shot until SFT), or, with `bridge_dir` None, Whisper tiny.en's encoder and
+    decoder as a transcriber + the LLM. Written to DEST.tmp, then renamed."""
     import shutil
 
     from transformers import AutoTokenizer
@@ -157,13 +158,20 @@ def assemble_sst(bridge_dir, llm_folder, dest, description: str = "") -> Path:
     from hpo_engine.sst.checkpoint import save_sst
     from hpo_engine.sst.default_model import default_config
 
-    bridge, dest = load_bridge(bridge_dir), Path(dest)
+    from hpo_engine.speech.transcriber import load_tiny_en_transcriber
+
+    dest = Path(dest)
     tokenizer = AutoTokenizer.from_pretrained(llm_folder)
     config = default_config(tokenizer, chat_template.SPEECH_PLACEHOLDER)
+    if bridge_dir is None:
+        from transformers import AutoConfig
+        bridge = load_tiny_en_transcriber(AutoConfig.from_pretrained(llm_folder).hidden_size)
+        kind = "Whisper tiny.en transcriber"
+    else:
+        bridge, kind = load_bridge(bridge_dir), "CTC bridge"
     config.chunk_ms = HPO_CHUNK_MS
-    config.frames_per_chunk = HPO_CHUNK_MS // (FRAME_MS * bridge.cfg.stack)     # at most one row a CTC frame
-    config.description = description or (f"Whisper tiny.en + CTC bridge + {Path(llm_folder).name} "
-                                         "(LLM not fine-tuned)")
+    config.frames_per_chunk = HPO_CHUNK_MS // (FRAME_MS * bridge.cfg.stack)     # nominal: rows vary per chunk
+    config.description = description or f"Whisper tiny.en + {kind} + {Path(llm_folder).name} (LLM not fine-tuned)"
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_sst(tmp, llm_folder, load_tiny_en_encoder(), bridge, config)

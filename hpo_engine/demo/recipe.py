@@ -4,6 +4,7 @@
                   OUT/sft/sst is the SFT model (an SST checkpoint: base files linked + small trained part)
     OUT/hpo/      configs/demo_hpo.yaml from OUT/sft/sst; OUT/hpo/sst is the HPO model
     OUT/bridge_sft/   configs/bridge_sft.yaml from OUT/bridge/sst (CTC bridge + Qwen2.5-0.5B, `assemble`)
+    OUT/transcriber_sft/   configs/transcriber_sft.yaml from OUT/transcriber/sst (`assemble-transcriber`)
     OUT/eval/     per model and chunk multiplier m: instances (SimulEval JSONL) and scores (JSON);
                   table.md: BLEU, chrF, StreamLAAL, StreamLAAL_CA per model and m
 
@@ -18,9 +19,10 @@ from pathlib import Path
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("sft", "hpo")
 # each stage's starting checkpoint, relative to OUT (None: the untrained embedded default)
-START = {"sft": None, "hpo": "sft/sst", "bridge_sft": "bridge/sst"}
+START = {"sft": None, "hpo": "sft/sst", "bridge_sft": "bridge/sst", "transcriber_sft": "transcriber/sst"}
 VALID_TALKS = 16      # validation decodes every talk greedily: a subset keeps it to a minute on CPU
 BRIDGE_VALID_TALKS = 4   # Qwen2.5-0.5B decodes ~5x slower than SmolLM2 here: 4 talks take ~1.5 min
+QWEN_STAGES = ("bridge_sft", "transcriber_sft")    # configs/<stage>.yaml, over Qwen2.5-0.5B
 
 
 def valid_subset(out: Path, n: int = VALID_TALKS) -> Path:
@@ -43,10 +45,10 @@ def stage_config(out: Path, stage: str, steps: int | None = None, config: Path |
         raise FileNotFoundError(f"{start} is missing: run the stage that makes it first")
     overrides = {"model": {"path": str(start)}, "output_dir": str(out / stage),
                  "data": {"train": str(out / "train.jsonl"),
-                          "valid": str(valid_subset(out, BRIDGE_VALID_TALKS if stage.startswith("bridge") else VALID_TALKS))}}
+                          "valid": str(valid_subset(out, BRIDGE_VALID_TALKS if stage in QWEN_STAGES else VALID_TALKS))}}
     if steps is not None:
         overrides["train"] = {"steps": steps}
-    default = REPO_CONFIGS / (f"{stage}.yaml" if stage.startswith("bridge") else f"demo_{stage}.yaml")
+    default = REPO_CONFIGS / (f"{stage}.yaml" if stage in QWEN_STAGES else f"demo_{stage}.yaml")
     return load_config(config or default, overrides)
 
 

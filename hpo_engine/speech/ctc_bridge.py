@@ -77,6 +77,10 @@ class CTCBridge(nn.Module):
         self.embeddings = embedding_table.detach()[self.vocab.to(embedding_table.device)].clone()
         return self
 
+    def attach_llm(self, embedding_table: torch.Tensor, tokenizer=None) -> "CTCBridge":
+        """The speech adapters' common hook (the tokenizer is the transcriber's concern)."""
+        return self.attach_embeddings(embedding_table)
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [..., T, d_encoder] -> CTC logits [..., ceil(T / stack), 1 + V]."""
         return self.head(self.mlp(stack_frames(frames, self.cfg.stack)))
@@ -84,8 +88,9 @@ class CTCBridge(nn.Module):
     def new_state(self) -> CTCState:
         return CTCState()
 
-    def chunk_rows(self, frames: torch.Tensor, state: CTCState) -> torch.Tensor:
-        """One chunk's encoder frames [T, d_encoder] -> its emitted rows [n, d_llm] (n may be 0)."""
+    def chunk_rows(self, frames: torch.Tensor, state: CTCState, final: bool = False) -> torch.Tensor:
+        """One chunk's encoder frames [T, d_encoder] -> its emitted rows [n, d_llm] (n may be 0). CTC
+        emits as it goes: the stream's last chunk (`final`) is like any other."""
         if not len(self.embeddings):
             raise RuntimeError("CTCBridge.attach_embeddings was not called")
         logits = self(frames).float()

@@ -3,8 +3,9 @@
     PCM (any split) -> per completed chunk of F = chunk_ms / 20 encoder frames: rows [n, d_llm]
     adapter = Projector:  n = F / stack, always (HPO geometry: 1.12 s * m = 56 m frames -> 14 m rows of 80 ms)
     adapter = CTCBridge:  n = the chunk's emitted CTC tokens, 0 .. F / stack (often 0 in a pause)
+    adapter = WhisperTranscriber: n = the LLM tokens of the words the chunk commits (often 0)
 
-Both adapters expose `new_state()` (per stream) and `chunk_rows(frames [F, d_enc], state) -> [n, d_llm]`.
+All adapters expose `new_state()` (per stream) and `chunk_rows(frames [F, d_enc], state, final) -> [n, d_llm]`.
 """
 from __future__ import annotations
 
@@ -38,12 +39,16 @@ class SpeechFrontEnd:
         self.chunk_samples = frames * SAMPLES_PER_FRAME
 
     @torch.inference_mode()
-    def _rows(self, frames: torch.Tensor) -> list[torch.Tensor]:
+    def _rows(self, frames: torch.Tensor, final: bool = False) -> list[torch.Tensor]:
+        """`final`: these frames end the stream (a transcriber then commits all it has heard)."""
         if not len(frames):
-            return []
+            if not (final and getattr(self.state, "pending", False)):   # words heard, not yet committed
+                return []
+            frames = torch.zeros(0, self.adapter.cfg.d_encoder)
         w = next(self.adapter.parameters())
-        frames = frames.to(w.device, w.dtype)
-        return [self.adapter.chunk_rows(chunk, self.state) for chunk in torch.split(frames, self.frames_per_chunk)]
+        chunks = torch.split(frames.to(w.device, w.dtype), self.frames_per_chunk)
+        return [self.adapter.chunk_rows(chunk, self.state, final=final and k == len(chunks) - 1)
+                for k, chunk in enumerate(chunks)]
 
     def push(self, pcm: np.ndarray) -> list[torch.Tensor]:
         """float PCM [n] @ 16 kHz -> one [rows, d_llm] tensor per chunk completed by it (often none)."""
@@ -54,4 +59,4 @@ class SpeechFrontEnd:
 
     def flush(self) -> list[torch.Tensor]:
         """End of stream: the rest as full chunks and a last shorter one (or nothing)."""
-        return self._rows(self.stream.flush())
+        return self._rows(self.stream.flush(), final=True)

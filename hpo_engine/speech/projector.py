@@ -54,6 +54,6 @@ class Projector(nn.Module):
         """A projector keeps no state across chunks (the front end's adapter interface)."""
         return None
 
-    def chunk_rows(self, frames: torch.Tensor, state: None = None) -> torch.Tensor:
+    def chunk_rows(self, frames: torch.Tensor, state: None = None, final: bool = False) -> torch.Tensor:
         """One chunk's encoder frames [T, d_encoder] -> its rows [ceil(T / stack), d_llm]."""
         return self(frames)

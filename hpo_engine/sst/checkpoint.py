@@ -5,6 +5,8 @@
     FOLDER/speech/projector.safetensors                  frame stacking + MLP to the LLM width, or
     FOLDER/speech/bridge.safetensors                     a CTC bridge (speech/ctc_bridge.py): rows of the
                                                          LLM's own embedding table, a variable number a chunk
+    FOLDER/speech/transcriber.safetensors                or Whisper's text decoder (speech/transcriber.py):
+    FOLDER/speech/whisper_tokenizer.json                 the LLM reads the words it commits, as text
     FOLDER/speech/llm_adapter.safetensors                optional: the trained LLM part (sst/adapter.py)
     FOLDER/sst_config.json                               SSTConfig
 
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from hpo_engine.manifest import IntegrityError, check_manifest, has_manifest
 from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, SpeechFrontEnd, WhisperEncoder
 from hpo_engine.speech.ctc_bridge import CTCBridge, CTCBridgeConfig
+from hpo_engine.speech.transcriber import TranscriberConfig, WhisperTranscriber
 
 from .adapter import ADAPTER_FILE, apply_adapter, read_adapter
 from .config import CONFIG_NAME, SSTConfig, SSTConfigError
@@ -30,6 +33,8 @@ from .config import CONFIG_NAME, SSTConfig, SSTConfigError
 ENCODER_FILE = "speech/encoder.safetensors"
 PROJECTOR_FILE = "speech/projector.safetensors"
 BRIDGE_FILE = "speech/bridge.safetensors"
+TRANSCRIBER_FILE = "speech/transcriber.safetensors"
+WHISPER_TOKENIZER_FILE = "speech/whisper_tokenizer.json"
 
 
 @dataclass
@@ -39,7 +44,7 @@ class SSTModel:
     config: SSTConfig
     engine: object            # hpo_engine Engine
     encoder: WhisperEncoder
-    adapter: Projector | CTCBridge     # encoder frames -> LLM-width rows
+    adapter: Projector | CTCBridge | WhisperTranscriber     # encoder frames -> LLM-width rows
 
     @property
     def tokenizer(self):
@@ -68,27 +73,44 @@ def link_llm_files(src: Path, dst: Path) -> None:
             link_or_copy(f, Path(dst) / f.name)
 
 
-def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder, adapter: Projector | CTCBridge,
-             config: SSTConfig) -> Path:
+def adapter_file(adapter) -> str:
+    """Where a speech adapter's tensors live in the folder."""
+    return {CTCBridge: BRIDGE_FILE, WhisperTranscriber: TRANSCRIBER_FILE}.get(type(adapter), PROJECTOR_FILE)
+
+
+def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder,
+             adapter: Projector | CTCBridge | WhisperTranscriber, config: SSTConfig) -> Path:
     folder, llm_folder = Path(folder), Path(llm_folder)
-    bridge = isinstance(adapter, CTCBridge)
     config.encoder = asdict(encoder.cfg)
-    config.projector, config.bridge = ({}, adapter.cfg.to_dict()) if bridge else (adapter.cfg.to_dict(), {})
+    config.projector, config.bridge, config.transcriber = {}, {}, {}
+    field = {CTCBridge: "bridge", WhisperTranscriber: "transcriber"}.get(type(adapter), "projector")
+    setattr(config, field, adapter.cfg.to_dict())
     config.validate()
     link_llm_files(llm_folder, folder)
     (folder / "speech").mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, folder / ENCODER_FILE)
-    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()},
-              folder / (BRIDGE_FILE if bridge else PROJECTOR_FILE))
+    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, folder / adapter_file(adapter))
+    if isinstance(adapter, WhisperTranscriber):
+        adapter.whisper_tokenizer.save(str(folder / WHISPER_TOKENIZER_FILE))
     config.save(folder)
     return folder
 
 
-def load_adapter(config: SSTConfig, folder: Path) -> Projector | CTCBridge:
-    """The checkpoint's speech adapter: its CTC bridge when sst_config.json names one, else its projector."""
+def load_adapter(config: SSTConfig, folder: Path) -> Projector | CTCBridge | WhisperTranscriber:
+    """The checkpoint's speech adapter, as sst_config.json names it: a CTC bridge, a transcriber or a
+    projector."""
+    folder = Path(folder)
     if config.bridge:
-        return load_module(CTCBridge(CTCBridgeConfig.from_dict(config.bridge)), Path(folder) / BRIDGE_FILE)
-    return load_module(Projector(ProjectorConfig(**config.projector)), Path(folder) / PROJECTOR_FILE)
+        return load_module(CTCBridge(CTCBridgeConfig.from_dict(config.bridge)), folder / BRIDGE_FILE)
+    if config.transcriber:
+        from tokenizers import Tokenizer
+        transcriber = load_module(WhisperTranscriber(TranscriberConfig.from_dict(config.transcriber)),
+                                  folder / TRANSCRIBER_FILE)
+        if not (folder / WHISPER_TOKENIZER_FILE).is_file():
+            raise SSTConfigError(f"SST checkpoint is missing {folder / WHISPER_TOKENIZER_FILE}")
+        transcriber.whisper_tokenizer = Tokenizer.from_file(str(folder / WHISPER_TOKENIZER_FILE))
+        return transcriber
+    return load_module(Projector(ProjectorConfig(**config.projector)), folder / PROJECTOR_FILE)
 
 
 def load_module(module: torch.nn.Module, file: Path) -> torch.nn.Module:
@@ -135,9 +157,9 @@ def open_sst(path=None, device="cpu", dtype=torch.float32, **engine_options) -> 
     if config.frames_per_chunk * stack * 20 != config.chunk_ms:
         raise SSTConfigError(f"chunk_ms={config.chunk_ms} does not hold frames_per_chunk={config.frames_per_chunk} "
                              f"rows of {stack * 20} ms")
-    if isinstance(speech_adapter, CTCBridge):
+    if isinstance(speech_adapter, (CTCBridge, WhisperTranscriber)):
         try:
-            speech_adapter.attach_embeddings(engine.model.model.embed_tokens.weight)
+            speech_adapter.attach_llm(engine.model.model.embed_tokens.weight, engine.tokenizer)
         except ValueError as e:
-            raise SSTConfigError(f"{path / BRIDGE_FILE}: {e}") from None
+            raise SSTConfigError(f"{path / adapter_file(speech_adapter)}: {e}") from None
     return SSTModel(path, config, engine, encoder, speech_adapter)

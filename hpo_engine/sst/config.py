@@ -44,6 +44,7 @@ class SSTConfig:
     encoder: dict = field(default_factory=dict)      # EncoderConfig fields
     projector: dict = field(default_factory=dict)    # ProjectorConfig fields (a projector checkpoint)
     bridge: dict = field(default_factory=dict)       # CTCBridgeConfig fields (a CTC-bridge checkpoint)
+    transcriber: dict = field(default_factory=dict)  # TranscriberConfig fields (Whisper's decoder as bridge)
     trained: bool = False
     description: str = ""
 
@@ -73,8 +74,10 @@ class SSTConfig:
             raise SSTConfigError("placeholder_token_id is also a stop token")
         if self.default_target_lang not in self.instructions:
             raise SSTConfigError(f"default_target_lang {self.default_target_lang!r} has no instruction")
-        if bool(self.projector) == bool(self.bridge) and (self.projector or self.encoder):
-            raise SSTConfigError("give exactly one speech adapter: 'projector' or 'bridge'")
+        adapters = [name for name in ("projector", "bridge", "transcriber") if getattr(self, name)]
+        if len(adapters) != 1 and (adapters or self.encoder):
+            raise SSTConfigError("give exactly one speech adapter: 'projector', 'bridge' or 'transcriber'"
+                                 + (f" (got {', '.join(adapters)})" if adapters else ""))
         if "{instruction}" not in self.system_template:
             raise SSTConfigError("system_template lacks the {instruction} field")
         return self

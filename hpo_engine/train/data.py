@@ -180,8 +180,9 @@ def load_window(rec: WindowRecord, frames_per_chunk: int, max_chunks: int, encod
     """The window's speech as at most `max_chunks` chunks of `frames_per_chunk` rows (last one
     zero-padded), `frames_per_chunk / rows_per_placeholder` placeholders each (a projector stacks
     rows_per_placeholder frames into one embedding). `encode_audio(path, start_s, end_s) -> [frames, dim]`
-    turns an `audio` line into rows. `chunk_rows(list of [frames_per_chunk, dim]) -> list of [n_k, d]`
-    (a CTC bridge) replaces each chunk's frames by its variable number of rows, one per placeholder."""
+    turns an `audio` line into rows. `chunk_rows(list of [frames_per_chunk, dim] (the last one shorter),
+    ends_talk) -> list of [n_k, d]` (a CTC bridge, a transcriber) replaces each chunk's frames by its
+    variable number of rows, one per placeholder."""
     if rec.features is None:
         if encode_audio is None:
             raise ManifestError(f"window {rec.id}: field 'audio' needs a speech encoder (train from an SST "
@@ -203,8 +204,10 @@ def load_window(rec: WindowRecord, frames_per_chunk: int, max_chunks: int, encod
     out = np.zeros((num_chunks * frames_per_chunk, arr.shape[1]), dtype=np.float32)
     take = min(len(out), arr.shape[0])
     out[:take] = arr[:take]
-    if chunk_rows is not None:
-        rows = [np.asarray(r, dtype=np.float32) for r in chunk_rows(np.split(out, num_chunks))]
+    if chunk_rows is not None:      # the chunks as served: the last one short, final if the talk ends there
+        ends_talk = take == arr.shape[0] and rec.frame_end is None
+        chunks = np.split(out[:take], range(frames_per_chunk, take, frames_per_chunk))
+        rows = [np.asarray(r, dtype=np.float32) for r in chunk_rows(chunks, ends_talk)]
         return Window(rec.id, np.concatenate(rows), num_chunks, rec.segments, rec.sources, rec.references,
                       [len(r) for r in rows])
     return Window(rec.id, out, num_chunks, rec.segments, rec.sources, rec.references,

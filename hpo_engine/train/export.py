@@ -1,7 +1,7 @@
 """A training run's result as an SST checkpoint folder that `serve` and `translate` open.
 
     OUT/  the base checkpoint's LLM files and encoder (hard links), the trained projector (or the base's
-          projector or CTC bridge),
+          projector, CTC bridge or transcriber),
           speech/llm_adapter.safetensors = the base's adapter combined with what this run trained,
           sst_config.json marked trained, with a description of the run.
 Written into OUT.tmp with a manifest of checksums (hpo_engine/manifest.py; open_sst checks it), then
@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from hpo_engine.manifest import write_manifest
 from hpo_engine.sst.adapter import combine, read_adapter, write_adapter
-from hpo_engine.sst.checkpoint import BRIDGE_FILE, ENCODER_FILE, PROJECTOR_FILE, link_llm_files, link_or_copy
+from hpo_engine.sst.checkpoint import (BRIDGE_FILE, ENCODER_FILE, PROJECTOR_FILE, TRANSCRIBER_FILE,
+                                       WHISPER_TOKENIZER_FILE, link_llm_files, link_or_copy)
 
 
 def export_sst(run, out, description: str) -> Path:
@@ -33,6 +34,9 @@ def export_sst(run, out, description: str) -> Path:
     if t.projector is not None and any(p.requires_grad for p in t.projector.parameters()):
         save_file({k: v.detach().float().contiguous() for k, v in t.projector.state_dict().items()},
                   str(tmp / PROJECTOR_FILE))
+    elif run.sst.transcriber:     # frozen: the base's decoder and its tokenizer as they were
+        for name in (TRANSCRIBER_FILE, WHISPER_TOKENIZER_FILE):
+            link_or_copy(base / name, tmp / name)
     else:       # the base's adapter as it was (a CTC bridge is never trained through the LLM)
         adapter_file = BRIDGE_FILE if run.sst.bridge else PROJECTOR_FILE
         link_or_copy(base / adapter_file, tmp / adapter_file)

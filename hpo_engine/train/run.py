@@ -103,7 +103,7 @@ def setup(cfg: TrainConfig) -> Run:
     frames, chunks = d.frames_per_chunk * stack, d.chunks_per_window
     window_options = {"encode_audio": encode_audio,
                       "rows_per_placeholder": projector.cfg.stack if projector is not None else 1,
-                      "chunk_rows": bridge_chunk_rows(speech.bridge, model) if speech.bridge is not None else None}
+                      "chunk_rows": bridge_chunk_rows(speech.bridge, model, tokenizer) if speech.bridge is not None else None}
     loader = WindowLoader(read_manifest(cfg.data.train), frames, chunks, seed=cfg.seed, shuffle=cfg.data.shuffle,
                           **window_options)
     valid = [load_window(r, frames, chunks, **window_options)
@@ -149,7 +149,7 @@ class SpeechParts:
     sst: SSTConfig | None = None
     projector: torch.nn.Module | None = None     # trainable (a projector checkpoint)
     encode_audio: object = None                   # (path, start_s, end_s) -> encoder frames, for `audio` lines
-    bridge: torch.nn.Module | None = None        # frozen (a CTC-bridge checkpoint)
+    bridge: torch.nn.Module | None = None        # frozen (a CTC-bridge or transcriber checkpoint)
 
 
 def open_speech_parts(cfg: TrainConfig) -> SpeechParts:
@@ -187,19 +187,22 @@ def open_speech_parts(cfg: TrainConfig) -> SpeechParts:
             frames = torch.cat([stream.push(wave), stream.flush()])
         return frames.float().numpy()
 
-    if sst.bridge:
+    if sst.bridge or sst.transcriber:
         return SpeechParts(sst, None, encode_audio, adapter)
     return SpeechParts(sst, adapter.train(), encode_audio)
 
 
-def bridge_chunk_rows(bridge, model):
-    """A frozen CTC bridge as load_window's `chunk_rows`: a window's chunks of encoder frames -> each
-    chunk's rows of the LLM's embedding table (the collapse carried from chunk to chunk, as served).
-    The table is taken once, at start: right for LoRA and frozen embeddings, stale if they train."""
-    bridge.attach_embeddings(model.model.embed_tokens.weight.float())
+def bridge_chunk_rows(bridge, model, tokenizer):
+    """A frozen bridge (CTC or transcriber) as load_window's `chunk_rows`: a window's chunks of encoder
+    frames -> each chunk's rows of the LLM's embedding table (the bridge's state carried from chunk to
+    chunk and the last chunk final when the talk ends there, as served). The table is taken once, at
+    start: right for LoRA and frozen embeddings, stale if they train."""
+    bridge.attach_llm(model.model.embed_tokens.weight.float(), tokenizer)
 
-    def chunk_rows(chunks: list[np.ndarray]) -> list[np.ndarray]:
+    def chunk_rows(chunks: list[np.ndarray], ends_talk: bool = False) -> list[np.ndarray]:
         state = bridge.new_state()
         with torch.inference_mode():
-            return [bridge.chunk_rows(torch.from_numpy(c).float(), state).numpy() for c in chunks]
+            return [bridge.chunk_rows(torch.from_numpy(np.ascontiguousarray(c)).float(), state,
+                                      final=ends_talk and k == len(chunks) - 1).numpy()
+                    for k, c in enumerate(chunks)]
     return chunk_rows
