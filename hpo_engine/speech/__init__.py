@@ -7,7 +7,10 @@
     encoder.py      the Whisper encoder in plain PyTorch
     streaming.py    chunk-by-chunk encoding with a bounded left context
     projector.py    frame stacking + MLP to the LLM width
-    frontend.py     streaming encoder + projector: P embeddings per chunk
+    ctc_bridge.py   CTC head over the frames -> mixes of the LLM's own token embeddings
+    whisper_decoder.py  Whisper's text decoder (greedy transcription of encoder frames)
+    transcriber.py  Whisper's decoder as a bridge: committed words -> the LLM's token embeddings
+    frontend.py     streaming encoder + a speech adapter: rows per chunk
     features.py     precomputed embeddings from .npy rows (HPO's RL data)
 """
 from .audio import AudioFormatError, load_audio, pcm16_to_float, resample
