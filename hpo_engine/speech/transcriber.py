@@ -1,21 +1,24 @@
 """Transcript bridge: Whisper's own decoder hears the speech, the LLM reads the words as text.
 
-    per stream: the last window_s of encoder frames, the words committed so far, the last hypothesis
-    per chunk:  window += chunk (the oldest frames dropped); hypothesis = greedy transcription of the
-                window (silence frames appended: Whisper was trained on speech followed by padding)
-                new words = the hypothesis after its overlap with the last committed words
-                commit the new words on which this hypothesis and the previous one agree
-                (LocalAgreement-2), a word only once the next word has begun in both, it ends a
-                sentence in both, or both hypotheses ended there on their own (EOT)
+    per stream: the current segment's encoder frames, the words committed in it (Whisper ids), every
+    committed word so far, and the last hypothesis's uncommitted words
+    per chunk:  segment += chunk; hypothesis = greedy continuation of the committed words over the
+                segment (silence frames appended: Whisper was trained on speech followed by padding;
+                nothing at all when Whisper's <|nospeech|> test says silence)
+                commit the words on which this hypothesis and the previous one agree (LocalAgreement-2),
+                a word only once the next word has begun in both, it ends a sentence in both, or both
+                hypotheses ended there on their own (EOT)
                 rows = the LLM's embedding rows of the newly committed words (its own tokenizer)
-    last chunk of the stream (`final`): every new word is committed
+    cut:        past min_cut_s, after a committed sentence end (or past max_segment_s), keep only an
+                estimate of the speech not yet committed (keep_s + seconds_per_word per word); the first
+                words heard after a cut are matched to the committed text and skipped where they repeat it
+    last chunk of the stream (`final`): every word heard is committed
 
 Why: a CTC head over the frames reached a token error of 0.49 on the unseen voice, while Whisper
-tiny.en's decoder transcribes the same talks at a word error near 7% (bench/RESULTS.md). The LLM then
-reads English as text; training runs the same bridge over the stored frames (frozen), as served.
-Re-decoding a bounded window keeps each chunk's cost bounded and lets a misheard word be heard again
-before it is committed; the overlap search is what whisper_streaming's hypothesis buffer does with
-n-grams. Shapes: chunk frames [F, d_encoder] -> rows [n, d_llm], n = the new words' LLM tokens (often 0).
+tiny.en's decoder transcribes that voice's sentences at a word error of 6.6% (bench/RESULTS.md). The
+LLM then reads English as text; training runs the same bridge over the stored frames (frozen), as
+served. The cut keeps each chunk's decode short; its length estimate is the weak point (no word times).
+Shapes: chunk frames [F, d_encoder] -> rows [n, d_llm], n = the new words' LLM tokens (often 0).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ class TranscriberConfig:
     keep_s: float = 0.5                # speech kept at a cut, plus seconds_per_word per word not yet committed
     seconds_per_word: float = 0.45
     silence_frames: int = 50           # encoder frames of silence appended to each transcription
-    tokens_per_second: float = 6.0     # output budget per second of window (plus 4)
+    tokens_per_second: float = 6.0     # output budget per second of segment (plus 4)
     max_overlap: int = 8               # committed words searched for in a new hypothesis
 
     def to_dict(self) -> dict:
