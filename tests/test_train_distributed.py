@@ -93,7 +93,10 @@ def assert_same_run(a: Path, b: Path, tol=1e-5):
             ta, tb = load_file(str(last_a / name)), load_file(str(last_b / name))
             assert set(ta) == set(tb)
             worst = max(float((ta[k] - tb[k]).abs().max()) for k in ta)
-            assert worst <= tol, (name, worst)
+            # weights to 5 tol: Adam divides each gradient by its own RMS, so the all-reduce's other
+            # summation order moves a few elements further than it moves the losses (1.5e-5 measured
+            # on an AVX-512 Zen machine, under 1e-5 on Xeon with AMX)
+            assert worst <= 5 * tol, (name, worst)
 
 
 @pytest.mark.slow
