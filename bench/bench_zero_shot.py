@@ -65,7 +65,7 @@ def main() -> None:
     from hpo_engine.demo.bridge import edit_distance
     from hpo_engine.metrics.quality import corpus_bleu, corpus_chrf
     from hpo_engine.speech.audio import SAMPLE_RATE, load_audio
-    from hpo_engine.speech.transcriber import WhisperTranscriber, _key
+    from hpo_engine.speech.transcriber import WhisperTranscriber, word_key
     from hpo_engine.sst.checkpoint import open_sst
     from hpo_engine.sst.simulate import simulate
 
@@ -94,8 +94,8 @@ def main() -> None:
                 frontend = model.new_frontend()
                 frontend.push(wave)
                 frontend.flush()
-                heard = [_key(w) for w in frontend.state.text]
-                truth = [_key(w) for w in " ".join(line["src_segments"]).split()]
+                heard = [word_key(w) for w in frontend.state.text]
+                truth = [word_key(w) for w in " ".join(line["src_segments"]).split()]
             else:                                                   # LLM-token errors of the CTC path
                 heard = model.adapter.greedy_ids(
                     torch.from_numpy(np.load(args.data / line["features"]).astype(np.float32)))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hpo_engine.speech import EncoderConfig, WhisperEncoder
-from hpo_engine.speech.transcriber import (TranscriberConfig, WhisperTranscriber, _key, agreement,
+from hpo_engine.speech.transcriber import (TranscriberConfig, WhisperTranscriber, word_key, agreement,
                                            load_tiny_en_transcriber, overlap_end)
 from hpo_engine.speech.whisper_decoder import DecoderConfig, WhisperTextDecoder
 from hpo_engine.speech.whisper_ct2 import find_tiny_en_bin
@@ -85,7 +85,7 @@ def test_agreement_commits_the_common_prefix_less_a_growing_word():
     assert agreement([" It", " rains."], [" It", " rains."], False) == [" It", " rains."]   # a sentence end
     assert agreement([" Hello,"], [" Yellow"], False) == []
     assert agreement([], [" a", " b"], True) == []
-    assert _key(" It's,") == "its"
+    assert word_key(" It's,") == "its"
 
 
 def test_overlap_end_finds_the_committed_tail_in_a_new_hypothesis():
@@ -146,8 +146,8 @@ def serve(encoder, transcriber, wave, step=17920):
 
 def word_errors(heard: list[str], truth: str) -> float:
     from hpo_engine.demo.bridge import edit_distance
-    ref = [_key(w) for w in truth.split()]
-    return edit_distance([_key(w) for w in heard], ref) / len(ref)
+    ref = [word_key(w) for w in truth.split()]
+    return edit_distance([word_key(w) for w in heard], ref) / len(ref)
 
 
 @needs_tiny_en

@@ -15,7 +15,7 @@
     last chunk of the stream (`final`): every word heard is committed
 
 Why: a CTC head over the frames reached a token error of 0.49 on the unseen voice, while Whisper
-tiny.en's decoder transcribes that voice's sentences at a word error of 6.6% (bench/RESULTS.md). The
+tiny.en's decoder transcribes that voice's sentences at a word error of 4.9% (bench/RESULTS.md). The
 LLM then reads English as text; training runs the same bridge over the stored frames (frozen), as
 served. The cut keeps each chunk's decode short; its length estimate is the weak point (no word times).
 Shapes: chunk frames [F, d_encoder] -> rows [n, d_llm], n = the new words' LLM tokens (often 0).
@@ -138,7 +138,8 @@ class WhisperTranscriber(nn.Module):
         each; words heard again are matched to the committed text and skipped); past max_segment_s
         drop the same whatever was committed."""
         seconds = len(state.frames) * 0.02
-        ends = [i for i, w in enumerate(state.prefix) if self.spell(w).rstrip().endswith(SENTENCE_END)]
+        spelled = state.text[len(state.text) - len(state.prefix):]     # the prefix was committed into text too
+        ends = [i for i, w in enumerate(spelled) if w.rstrip().endswith(SENTENCE_END)]
         if seconds < self.cfg.min_cut_s or not (ends or seconds > self.cfg.max_segment_s):
             return
         after = len(state.prefix) - (ends[-1] + 1 if ends else len(state.prefix)) + len(state.previous)
@@ -159,7 +160,7 @@ class WhisperTranscriber(nn.Module):
         return self.embeddings[torch.tensor(ids, dtype=torch.long, device=self.embeddings.device)]
 
 
-def _key(word: str) -> str:
+def word_key(word: str) -> str:
     """A word as compared across hypotheses: letters and digits, lower case."""
     return "".join(c for c in word.lower() if c.isalnum())
 
@@ -167,8 +168,8 @@ def _key(word: str) -> str:
 def overlap_end(committed: list[str], heard: list[str]) -> int:
     """Where the new words of `heard` begin: after the longest run of the last committed words found in
     it (the rightmost such run), or at 0 if none is found."""
-    tail = [_key(w) for w in committed]
-    keys = [_key(w) for w in heard]
+    tail = [word_key(w) for w in committed]
+    keys = [word_key(w) for w in heard]
     for k in range(min(len(tail), len(keys)), 0, -1):
         for p in range(len(keys) - k, -1, -1):
             if keys[p:p + k] == tail[-k:]:
@@ -181,7 +182,7 @@ def agreement(previous: list[str], current: list[str], both_closed: bool) -> lis
     less a last word that may still be growing (one that neither ends a sentence nor is followed in
     both, unless both hypotheses ended at EOT)."""
     n = 0
-    while n < min(len(previous), len(current)) and _key(previous[n]) == _key(current[n]):
+    while n < min(len(previous), len(current)) and word_key(previous[n]) == word_key(current[n]):
         n += 1
     if n and not both_closed:
         followed = n < len(previous) and n < len(current)
@@ -197,16 +198,17 @@ def load_tiny_en_transcriber(d_llm: int, chunk_frames: int = 56, left_context_fr
     import numpy as np
     from tokenizers import Tokenizer
 
-    from .encoder import load_tiny_en_encoder
+    from .encoder import EncoderConfig, WhisperEncoder
     from .streaming import StreamingEncoder
-    from .whisper_ct2 import find_tiny_en_bin, load_tiny_en
+    from .whisper_ct2 import encoder_state_dict, find_tiny_en_bin, load_tiny_en
 
     whisper_cfg, sd = load_tiny_en()
     decoder = DecoderConfig.from_whisper(whisper_cfg)
     cfg = TranscriberConfig(d_encoder=whisper_cfg["d_model"], d_llm=d_llm, decoder=decoder.to_dict(), **options)
     transcriber = WhisperTranscriber(cfg)
     transcriber.decoder.load_hf_state_dict(sd)
-    stream = StreamingEncoder(load_tiny_en_encoder(), chunk_frames, left_context_frames, "window")
+    encoder = WhisperEncoder(EncoderConfig.from_whisper(whisper_cfg)).load_hf_state_dict(encoder_state_dict(sd))
+    stream = StreamingEncoder(encoder.eval(), chunk_frames, left_context_frames, "window")
     with torch.inference_mode():
         silence = torch.cat([stream.push(np.zeros(2 * cfg.silence_frames * 320, np.float32)), stream.flush()])
     transcriber.set_silence(silence[-cfg.silence_frames:])

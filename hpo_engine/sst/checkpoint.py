@@ -73,9 +73,14 @@ def link_llm_files(src: Path, dst: Path) -> None:
             link_or_copy(f, Path(dst) / f.name)
 
 
+# each speech adapter's sst_config.json field and tensor file
+ADAPTER_SLOTS = {Projector: ("projector", PROJECTOR_FILE), CTCBridge: ("bridge", BRIDGE_FILE),
+                 WhisperTranscriber: ("transcriber", TRANSCRIBER_FILE)}
+
+
 def adapter_file(adapter) -> str:
     """Where a speech adapter's tensors live in the folder."""
-    return {CTCBridge: BRIDGE_FILE, WhisperTranscriber: TRANSCRIBER_FILE}.get(type(adapter), PROJECTOR_FILE)
+    return ADAPTER_SLOTS[type(adapter)][1]
 
 
 def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder,
@@ -83,8 +88,7 @@ def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder,
     folder, llm_folder = Path(folder), Path(llm_folder)
     config.encoder = asdict(encoder.cfg)
     config.projector, config.bridge, config.transcriber = {}, {}, {}
-    field = {CTCBridge: "bridge", WhisperTranscriber: "transcriber"}.get(type(adapter), "projector")
-    setattr(config, field, adapter.cfg.to_dict())
+    setattr(config, ADAPTER_SLOTS[type(adapter)][0], adapter.cfg.to_dict())
     config.validate()
     link_llm_files(llm_folder, folder)
     (folder / "speech").mkdir(exist_ok=True)
