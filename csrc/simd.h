@@ -1,4 +1,4 @@
-// 16-lane float vectors (GCC vector extensions) shared by the CPU kernels: fp32 / bf16 loads and
+// 16-lane float vectors (GCC vector extensions) shared by the CPU kernels: fp32 / bf16 / int8 loads and
 // stores, a horizontal sum, and the target_clones attribute that compiles a function for AVX-512,
 // AVX2 and baseline x86-64 (setup.py builds without -march).
 #pragma once
@@ -18,6 +18,8 @@ typedef float vf16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
 typedef uint32_t vu16 __attribute__((vector_size(64)));
 typedef uint16_t vh16 __attribute__((vector_size(32)));
+typedef int8_t vb16 __attribute__((vector_size(16)));
+typedef int16_t vs16 __attribute__((vector_size(32)));
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf4 __attribute__((vector_size(16)));
 
@@ -28,6 +30,12 @@ HPO_INLINE vf16 load16(const uint16_t* p) {
     std::memcpy(&h, p, sizeof(h));
     vu16 u = __builtin_convertvector(h, vu16) << 16;  // bf16 is the top half of a float
     return (vf16)u;
+}
+HPO_INLINE vf16 load16(const int8_t* p) {   // int8 weights: sign-extend, convert (vpmovsxbd + vcvtdq2ps)
+    vb16 b;
+    std::memcpy(&b, p, sizeof(b));
+    // widened in steps (int8 -> int16 -> int32 -> float): GCC 12 scalarizes a direct int8 -> float
+    return __builtin_convertvector(__builtin_convertvector(__builtin_convertvector(b, vs16), vi16), vf16);
 }
 HPO_INLINE void store16(float* p, vf16 x) { std::memcpy(p, &x, sizeof(x)); }
 HPO_INLINE void store16(uint16_t* p, vf16 x) {
