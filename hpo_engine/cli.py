@@ -36,13 +36,16 @@ def main():
 @click.option("--seed", type=int, default=None)
 @click.option("--interactive", "-i", is_flag=True, help="Chat turn after turn on one stream (its KV cache is reused).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-def generate(prompt, model_path, system, max_new_tokens, temperature, top_p, top_k, seed, interactive, dtype):
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Weight-only int8 projections and LM head (CPU; activations stay --dtype).")
+def generate(prompt, model_path, system, max_new_tokens, temperature, top_p, top_k, seed, interactive, dtype,
+             quantize):
     """Generate a reply to PROMPT (or chat with --interactive)."""
     from hpo_engine import Engine, SamplingParams
     if not prompt and not interactive:
         raise click.UsageError("give a PROMPT or --interactive")
     path = resolve_model(model_path)
-    engine = Engine.from_pretrained(path, dtype=getattr(torch, dtype))
+    engine = Engine.from_pretrained(path, dtype=getattr(torch, dtype), quantize=quantize)
     if engine.tokenizer is None:
         raise click.ClickException(f"{path} has no tokenizer files; the text CLI needs one")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,

@@ -16,6 +16,7 @@ from hpo_engine.cache.block_manager import BlockManager
 from hpo_engine.cache.block_pool import BlockPool
 from hpo_engine.cache.kv_cache import KVCache, num_blocks_for
 from hpo_engine.models.loader import load_model, load_tokenizer
+from hpo_engine.models.quantize import quantize_model
 from hpo_engine.runtime.model_runner import ModelRunner
 from hpo_engine.runtime.sampling import SamplingParams, sample
 from hpo_engine.runtime.scheduler import Scheduler, SchedulerConfig
@@ -87,8 +88,10 @@ class Engine:
         self._ids = itertools.count()
 
     @classmethod
-    def from_pretrained(cls, path, device="cpu", dtype=torch.float32, **options) -> "Engine":
+    def from_pretrained(cls, path, device="cpu", dtype=torch.float32, quantize: str | None = None,
+                        **options) -> "Engine":
         """Open a Hugging Face model folder (config.json + safetensors [+ tokenizer files]).
+        `quantize="int8"`: weight-only int8 projections and LM head (models/quantize.py; CPU serving).
         `options`: block_size, num_blocks or cache_memory, placeholder_token_id, max_cache_tokens,
         max_num_batched_tokens, max_num_seqs, cuda_graphs (None: decode steps replay CUDA graphs on a
         CUDA device; False: eager)."""
@@ -96,6 +99,8 @@ class Engine:
         if not path.is_dir():
             raise FileNotFoundError(f"model folder {path} does not exist")
         model = load_model(path, device=device, dtype=dtype)
+        if quantize is not None:
+            quantize_model(model, quantize)
         return cls(model, load_tokenizer(path), **options)
 
     def open_stream(self) -> "Stream":

@@ -60,9 +60,14 @@ def read_token(path: str | None, allow_world_readable: bool = False) -> str | No
 @click.option("--cache-memory", type=int, default=None, help="KV cache bytes (default: the engine's).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (default: torch's); on a shared, loaded machine 1 often runs faster.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="The LLM's weights and activations.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Weight-only int8 LLM projections (CPU; activations stay --dtype).")
 def serve(model_path, host, port, token_file, allow_world_readable_token, allow_origins, max_streams, max_load,
           max_connections_per_address, max_message_bytes, max_connection_buffer_bytes, max_duration_s, max_stream_s,
-          min_audio_rate, audio_rate_window_s, idle_timeout_s, max_buffered_ms, max_new_tokens, cache_memory, threads):
+          min_audio_rate, audio_rate_window_s, idle_timeout_s, max_buffered_ms, max_new_tokens, cache_memory, threads,
+          dtype, quantize):
     """Serve streaming speech translation over WebSocket (/v1/stream), with /healthz, /metrics and /."""
     from hpo_engine.sst.checkpoint import open_sst
     from hpo_engine.sst.config import SSTConfigError
@@ -84,10 +89,11 @@ def serve(model_path, host, port, token_file, allow_world_readable_token, allow_
                               max_buffered_ms=max_buffered_ms, max_new_tokens=max_new_tokens)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    import torch
     if threads:
-        import torch
         torch.set_num_threads(threads)
     options = {"cache_memory": cache_memory} if cache_memory else {}
+    options.update(dtype=getattr(torch, dtype), quantize=quantize)
     try:
         model = open_sst(model_path, **options)
     except (SSTConfigError, FileNotFoundError) as e:

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hpo_engine.manifest import IntegrityError, check_manifest, has_manifest
+from hpo_engine.models.quantize import quantize_model
 from hpo_engine.speech import EncoderConfig, Projector, ProjectorConfig, SpeechFrontEnd, WhisperEncoder
 from hpo_engine.speech.ctc_bridge import CTCBridge, CTCBridgeConfig
 from hpo_engine.speech.transcriber import TranscriberConfig, WhisperTranscriber
@@ -127,8 +128,10 @@ def load_module(module: torch.nn.Module, file: Path) -> torch.nn.Module:
     return module.eval()
 
 
-def open_sst(path=None, device="cpu", dtype=torch.float32, **engine_options) -> SSTModel:
-    """Open an SST checkpoint folder (default: the embedded untrained model, built on first use).
+def open_sst(path=None, device="cpu", dtype=torch.float32, quantize: str | None = None,
+             **engine_options) -> SSTModel:
+    """Open an SST checkpoint folder (default: the embedded model, built on first use).
+    `quantize="int8"`: weight-only int8 LLM projections, made after the trained adapter is merged.
     `engine_options` go to Engine.from_pretrained (block_size, cache_memory, ...)."""
     from hpo_engine.runtime.engine import Engine
 
@@ -153,6 +156,8 @@ def open_sst(path=None, device="cpu", dtype=torch.float32, **engine_options) -> 
             apply_adapter(engine.model, adapter, str(path / ADAPTER_FILE))
         except ValueError as e:
             raise SSTConfigError(str(e)) from None
+    if quantize is not None:
+        quantize_model(engine.model, quantize)
     if engine.tokenizer is None:
         raise SSTConfigError(f"{path} has no tokenizer files; an SST checkpoint needs them")
     width, stack = speech_adapter.cfg.d_llm, speech_adapter.cfg.stack

@@ -29,8 +29,12 @@ from hpo_engine.sst.default_model import default_model_help
               help="Speech per turn = m x the checkpoint's chunk (HPO: m = 1..4 of 1.12 s); tokens per turn x m.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (default: torch's); on a shared, loaded machine 1 often runs faster.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="The LLM's weights and activations.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Weight-only int8 LLM projections (CPU; activations stay --dtype).")
 def translate(audio, output, model_path, target_lang, references, max_new_tokens, latency_unit, chunk_multiplier,
-              threads):
+              threads, dtype, quantize):
     """Simulated streaming translation of AUDIO files (any rate; delays and elapsed in ms)."""
     from tqdm import tqdm
 
@@ -40,8 +44,8 @@ def translate(audio, output, model_path, target_lang, references, max_new_tokens
     from .config import SSTConfigError
     from .simulate import simulate
 
+    import torch
     if threads:
-        import torch
         torch.set_num_threads(threads)
     refs = None
     if references:
@@ -57,7 +61,7 @@ def translate(audio, output, model_path, target_lang, references, max_new_tokens
     if len(bad) == len(audio):
         raise click.ClickException(f"no readable audio among {len(audio)} file(s); {output} is left as it was")
     try:
-        model = open_sst(model_path)
+        model = open_sst(model_path, dtype=getattr(torch, dtype), quantize=quantize)
         model.config = model.config.with_chunk_multiplier(chunk_multiplier)
         if target_lang is not None:
             model.config.instruction(target_lang)     # an unknown language fails before any work
