@@ -1,5 +1,6 @@
-"""Paged KV-cache kernels: `store_kv` and `paged_attention` (contract in docs/DESIGN.md); `linear`, the
-small-batch CPU linear layer of decode steps (cpu_linear.py).
+"""Paged KV-cache kernels: `store_kv` and `paged_attention` (contract in docs/DESIGN.md); `linear` /
+`linear_int8`, the CPU linear layers of inference (cpu_linear.py); `rms_norm` and `rope`, one C++ call
+each at CPU inference (cpu_norm_rope.py).
 
 This folder sits at the top of the repository (the project's layout) but is imported as
 `hpo_engine.kernels`: setup.py maps the package name to this folder (`package_dir=
@@ -17,7 +18,8 @@ shapes for good (the engine: one model, one cache) chooses once with `attention_
 import os
 
 from . import cpu_paged_attention as _cpu
-from .cpu_linear import linear
+from .cpu_linear import linear, linear_int8
+from .cpu_norm_rope import rms_norm, rope
 from .reference import paged_attention_ref, store_kv_ref
 from .torch_paged_attention import paged_attention_torch, store_kv_torch
 
@@ -95,6 +97,6 @@ def store_kv(key, value, k_cache, v_cache, slot_mapping, backend=None):
     return store_kv_torch(key, value, k_cache, v_cache, slot_mapping)
 
 
-__all__ = ["store_kv", "paged_attention", "linear", "store_kv_ref", "paged_attention_ref", "attention_backend",
+__all__ = ["store_kv", "paged_attention", "linear", "linear_int8", "rms_norm", "rope", "store_kv_ref", "paged_attention_ref", "attention_backend",
            "store_backend",
            "paged_attention_torch", "store_kv_torch", "BACKENDS"]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo_engine.config import ModelConfig, rope_inv_freq
-from hpo_engine.kernels import linear, paged_attention, store_kv
+from hpo_engine.kernels import linear, paged_attention, rms_norm, rope, store_kv
 
 
 @dataclass
@@ -45,17 +45,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # float32 math, rounded to x's dtype before the weight (kernels.rms_norm_ref; one C++ call at inference)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def apply_rope(x, cos, sin):
-    """x [T, H, D]; cos/sin [T, D] (halves repeated, as Hugging Face's rotate_half layout)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+    """x [T, H, D]; cos/sin [T, D] (halves repeated, as Hugging Face's rotate_half layout): x * cos +
+    rotate_half(x) * sin (kernels.rope_ref). At inference on CPU it rotates x in place."""
+    return rope(x, cos, sin)
 
 
 def causal_varlen_attention(q, k, v, cu_seqlens, scale):
