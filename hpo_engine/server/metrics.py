@@ -14,6 +14,7 @@ class ServerMetrics:
     streams_refused: int = 0
     chunks_total: int = 0
     chunk_seconds_sum: float = 0.0
+    engine_busy_seconds: float = 0.0     # the engine thread's time in steps (encode + forward + post)
     audio_seconds_total: float = 0.0
     backpressure_waits: int = 0          # times a reader paused because its stream was too far behind
     buffered_seconds_peak: float = 0.0   # most audio one stream ever had accepted but not translated
@@ -63,6 +64,9 @@ class ServerMetrics:
             "# HELP hpo_chunk_processing_seconds_sum Wall time from chunk completion to its delta.",
             "# TYPE hpo_chunk_processing_seconds_sum counter",
             f"hpo_chunk_processing_seconds_sum {self.chunk_seconds_sum:.6f}",
+            "# HELP hpo_engine_busy_seconds_total The engine thread's time in steps (busy / chunks = compute "
+            "per chunk; the rest of a chunk's lag is queueing).", "# TYPE hpo_engine_busy_seconds_total counter",
+            f"hpo_engine_busy_seconds_total {self.engine_busy_seconds:.6f}",
             "# HELP hpo_audio_seconds_total Audio received.", "# TYPE hpo_audio_seconds_total counter",
             f"hpo_audio_seconds_total {self.audio_seconds_total:.3f}",
             "# HELP hpo_backpressure_waits_total Reader pauses (a stream's untranslated audio at its limit).",

@@ -77,8 +77,10 @@ class EngineWorker(threading.Thread):
             try:
                 start = time.perf_counter()
                 chunks = self._step(taken)
+                busy = time.perf_counter() - start
+                self.metrics.engine_busy_seconds += busy
                 if self.admission is not None:
-                    self.admission.record(time.perf_counter() - start, chunks)
+                    self.admission.record(busy, chunks)
             except OutOfBlocks as e:    # one stream alone outgrew the KV cache: it fails, the others go on
                 culprits = [s for s in self.sessions if s.sst is not None and s.sst.stream.seq.seq_id == e.seq_id]
                 for s in culprits or list(self.sessions):
