@@ -97,6 +97,8 @@ def test_concurrent_clients(server):
     assert server.wait_metric("hpo_active_streams", 0) == 0
     assert server.wait_metric("hpo_kv_blocks_used", server.idle_blocks) == server.idle_blocks
     assert server.log().count("end=end") >= 16
+    # the engine thread's busy time is counted (compute per chunk = busy / chunks, in bench_serve.py)
+    assert server.metric("hpo_chunks_total") >= 16 and server.metric("hpo_engine_busy_seconds_total") > 0
 
 
 @pytest.mark.parametrize("seed", [1])
