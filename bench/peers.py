@@ -29,7 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_PY = ROOT / ".bench-venv" / "bin" / "python"
-GGUF_DIR = Path.home() / ".cache" / "hpo-engine" / "gguf"
+# hpo_engine.assets.cache.cache_dir(), spelled out: the peers' venv cannot import the project
+CACHE = Path(os.environ.get("HPO_ENGINE_CACHE") or Path.home() / ".cache" / "hpo-engine")
+GGUF_DIR = CACHE / "gguf"
 MODELS = {"smollm2": "SmolLM2-135M-Instruct", "qwen25": "Qwen2.5-Coder-0.5B-Instruct"}
 GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0"}
 THREADS = 2
@@ -192,7 +194,7 @@ BACKENDS = {"hpo": HpoBackend, "vllm": VllmBackend, "llama.cpp": LlamaCppBackend
 
 
 def model_path(model):
-    path = Path.home() / ".cache" / "hpo-engine" / "models" / MODELS[model]
+    path = CACHE / "models" / MODELS[model]
     if not path.is_dir():
         raise SystemExit(f"{path} is missing: `make model` builds it")
     return path

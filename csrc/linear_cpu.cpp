@@ -31,21 +31,6 @@ constexpr int kRowBlock = 4;                    // weight rows per block
 constexpr int kRowTile = 4;                     // x rows per tile
 constexpr int64_t kMinParallelBytes = 1 << 18;  // below this much weight one thread beats the fork
 
-HPO_INLINE float to_float(float v) { return v; }
-HPO_INLINE float to_float(int8_t v) { return static_cast<float>(v); }
-HPO_INLINE float to_float(uint16_t v) {
-    uint32_t u = static_cast<uint32_t>(v) << 16;
-    float f;
-    std::memcpy(&f, &u, sizeof(f));
-    return f;
-}
-HPO_INLINE void store(float* p, float v) { *p = v; }
-HPO_INLINE void store(uint16_t* p, float v) {
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof(u));
-    *p = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);  // round to nearest even
-}
-
 // Rows [m0, m0 + MT) of x against weight rows [n, n + R): y = hsum(lane FMAs) + tail (* scale) + bias.
 // W is E (a float weight; scale is null) or int8_t (scale holds one float per weight row).
 template <typename E, typename W, int MT, int R>

@@ -1,5 +1,5 @@
 // 16-lane float vectors (GCC vector extensions) shared by the CPU kernels: fp32 / bf16 / int8 loads and
-// stores, a horizontal sum, and the target_clones attribute that compiles a function for AVX-512,
+// stores (and their one-element forms for tails), a horizontal sum, and the target_clones attribute that compiles a function for AVX-512,
 // AVX2 and baseline x86-64 (setup.py builds without -march).
 #pragma once
 #include <cstdint>
@@ -37,13 +37,32 @@ HPO_INLINE vf16 load16(const int8_t* p) {   // int8 weights: sign-extend, conver
     // widened in steps (int8 -> int16 -> int32 -> float): GCC 12 scalarizes a direct int8 -> float
     return __builtin_convertvector(__builtin_convertvector(__builtin_convertvector(b, vs16), vi16), vf16);
 }
+HPO_INLINE vu16 bf16_bits(vf16 x) {             // round to nearest even; the bits in the low half
+    const vu16 u = (vu16)x;
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
 HPO_INLINE void store16(float* p, vf16 x) { std::memcpy(p, &x, sizeof(x)); }
 HPO_INLINE void store16(uint16_t* p, vf16 x) {
-    vu16 u = (vu16)x;
-    u = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
-    vh16 h = __builtin_convertvector(u, vh16);
+    vh16 h = __builtin_convertvector(bf16_bits(x), vh16);
     std::memcpy(p, &h, sizeof(h));
 }
+
+// ---- the same one element at a time (tails) ----------------------------------------------------
+HPO_INLINE float to_float(float v) { return v; }
+HPO_INLINE float to_float(int8_t v) { return static_cast<float>(v); }
+HPO_INLINE float to_float(uint16_t v) {
+    uint32_t u = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof(f));
+    return f;
+}
+HPO_INLINE uint16_t bf16_bits(float v) {        // round to nearest even
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+HPO_INLINE void store(float* p, float v) { *p = v; }
+HPO_INLINE void store(uint16_t* p, float v) { *p = bf16_bits(v); }
 
 // Horizontal sum as a tree of shuffles (4 vector adds); a plain lane loop keeps the source order and
 // compiles to 15 dependent scalar adds.

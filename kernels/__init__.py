@@ -97,6 +97,6 @@ def store_kv(key, value, k_cache, v_cache, slot_mapping, backend=None):
     return store_kv_torch(key, value, k_cache, v_cache, slot_mapping)
 
 
-__all__ = ["store_kv", "paged_attention", "linear", "linear_int8", "rms_norm", "rope", "store_kv_ref", "paged_attention_ref", "attention_backend",
-           "store_backend",
-           "paged_attention_torch", "store_kv_torch", "BACKENDS"]
+__all__ = ["store_kv", "paged_attention", "linear", "linear_int8", "rms_norm", "rope", "store_kv_ref",
+           "paged_attention_ref", "attention_backend", "store_backend", "paged_attention_torch", "store_kv_torch",
+           "BACKENDS"]
