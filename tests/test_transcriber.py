@@ -196,19 +196,20 @@ def transcriber_sst(tmp_path_factory):
     torch.manual_seed(1)
     encoder = WhisperEncoder(EncoderConfig(d_model=D_ENC, n_heads=2, n_layers=1, d_ff=64, max_positions=1500))
     decoder = DecoderConfig(d_model=D_ENC, n_heads=2, n_layers=1, d_ffn=64).to_dict()
-    transcriber = WhisperTranscriber(TranscriberConfig(d_encoder=D_ENC, d_llm=HIDDEN, decoder=decoder,
-                                                       silence_frames=4))
+    transcriber = WhisperTranscriber(TranscriberConfig(d_encoder=D_ENC, d_llm=HIDDEN, decoder=decoder))
     with torch.no_grad():    # never EOT, so a random decoder still writes words
         transcriber.decoder.embed_tokens.weight[transcriber.decoder.cfg.eot] = 0
     transcriber.whisper_tokenizer = Tokenizer.from_file(str(find_tiny_en_bin().parent / "tokenizer.json"))
+    transcriber.attach_encoder(encoder)
     config = default_config(tokenizer)
     config.chunk_ms, config.frames_per_chunk, config.left_context_ms = CHUNK_FRAMES * 20, CHUNK_FRAMES // 2, 320
     save_sst(root / "sst", root / "llm", encoder, transcriber, config)
+    import soundfile as sf
     rng = np.random.default_rng(3)
     lines = []
-    for i in range(2):
-        np.save(root / f"w{i}.npy", rng.standard_normal((2 * CHUNK_FRAMES + 3, D_ENC)).astype(np.float16))
-        lines.append({"id": f"w{i}", "features": f"w{i}.npy", "window_start": 0.0, "window_end": 0.38,
+    for i in range(2):      # 2 chunks and 3 frames of noise: the last chunk short, as a talk ends
+        sf.write(root / f"w{i}.wav", 0.1 * rng.standard_normal((2 * CHUNK_FRAMES + 3) * 320), 16000, subtype="PCM_16")
+        lines.append({"id": f"w{i}", "audio": f"w{i}.wav", "window_start": 0.0, "window_end": 0.38,
                       "segments": [{"start": 0.0, "end": 0.3}], "src_segments": ["one two"],
                       "tgt_segments": ["eins zwei"]})
     (root / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -216,6 +217,7 @@ def transcriber_sst(tmp_path_factory):
 
 
 def test_transcriber_checkpoint_reopens_and_training_rows_equal_the_served_rows(transcriber_sst, tmp_path):
+    from hpo_engine.speech.audio import load_audio
     from hpo_engine.sst.checkpoint import TRANSCRIBER_FILE, WHISPER_TOKENIZER_FILE, open_sst
     from hpo_engine.train.data import read_manifest
     from hpo_engine.train.export import export_sst
@@ -232,9 +234,9 @@ def test_transcriber_checkpoint_reopens_and_training_rows_equal_the_served_rows(
     run = setup(cfg)
     total = 0
     for w in run.loader.next_batch(len(read_manifest(transcriber_sst / "train.jsonl"))):
-        frames = torch.from_numpy(np.load(transcriber_sst / f"{w.id}.npy").astype(np.float32))
-        state, chunks = served.adapter.new_state(), torch.split(frames, CHUNK_FRAMES)   # the last one short
-        expect = [served.adapter.chunk_rows(c, state, final=k == len(chunks) - 1) for k, c in enumerate(chunks)]
+        frontend = served.new_frontend()       # the served rows: the wav pushed in pieces, then flushed
+        wave = load_audio(transcriber_sst / f"{w.id}.wav")
+        expect = frontend.push(wave[:1000]) + frontend.push(wave[1000:]) + frontend.flush()
         assert w.placeholders == [len(e) for e in expect]
         torch.testing.assert_close(torch.from_numpy(w.embeds), torch.cat(expect), atol=1e-5, rtol=1e-5)
         total += len(w.embeds)
@@ -244,3 +246,11 @@ def test_transcriber_checkpoint_reopens_and_training_rows_equal_the_served_rows(
     out = export_sst(run, tmp_path / "exported", "test")
     assert (out / TRANSCRIBER_FILE).is_file() and (out / WHISPER_TOKENIZER_FILE).is_file()
     assert isinstance(open_sst(out).adapter, WhisperTranscriber)
+
+
+def test_transcriber_refuses_encoder_frames(transcriber_sst):
+    """Feature windows (stored encoder frames) cannot feed a transcriber: the error says what it reads."""
+    from hpo_engine.sst.checkpoint import open_sst
+    adapter = open_sst(transcriber_sst / "sst").adapter
+    with pytest.raises(ValueError, match=r"reads audio as \[frames, 320\].*'audio' lines"):
+        adapter.chunk_rows(torch.zeros(CHUNK_FRAMES, D_ENC), adapter.new_state())

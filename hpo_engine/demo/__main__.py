@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import click
 
-from .data import DEFAULT_TALKS
+from .data import DEFAULT_TALKS, LANGS
 
 
 @click.group()
@@ -34,11 +34,14 @@ def main():
 @click.option("--test", default=DEFAULT_TALKS["test"], show_default=True, type=click.IntRange(min=1),
               help="Test talks (also written as wav files with references and segmentation).")
 @click.option("--seed", default=0, show_default=True, help="Picks the talks, voices, speeds, pitches and pauses.")
+@click.option("--lang", type=click.Choice(LANGS), default="de", show_default=True,
+              help="Target language: de (Ding dictionary) or zh (hsk-sentences-audio). The speech is English.")
 @click.option("--dictionary", type=click.Path(dir_okay=False), default=None,
-              help="Ding dictionary file (default: Debian trans-de-en's).")
+              help="Pairs file: the Ding dictionary for de (default: Debian trans-de-en's), the "
+                   "hsk-sentences-audio wheel for zh (default: downloaded once into the cache).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="torch threads for the encoder (small windows: 1 is fastest on a shared machine).")
-def data(out_dir, train, valid, test, seed, dictionary, threads):
+def data(out_dir, train, valid, test, seed, lang, dictionary, threads):
     """Synthesise talks into OUT_DIR: encoder frames, {train,valid,test}.jsonl and test/ evaluation files.
 
     Resumable: talks whose .npy exists are kept.
@@ -49,7 +52,7 @@ def data(out_dir, train, valid, test, seed, dictionary, threads):
 
     torch.set_num_threads(threads)
     try:
-        totals = build(out_dir, {"train": train, "valid": valid, "test": test}, seed, dictionary)
+        totals = build(out_dir, {"train": train, "valid": valid, "test": test}, seed, dictionary, lang=lang)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{totals['talks']} talks, {totals['sentences']} sentences, {totals['hours']:.2f} h of audio "

@@ -1,6 +1,7 @@
 """Demo SST data: synthesised English "talks" -> Whisper encoder frames + JSONL manifests.
 
-A talk is 1..4 consecutive dictionary pairs of one split, spoken by one voice (train/valid: a random
+Target languages: `de` (the Ding dictionary, pairs.py) or `zh` (hsk-sentences-audio, pairs_zh.py);
+the speech is English either way. A talk is 1..4 consecutive dictionary pairs of one split, spoken by one voice (train/valid: a random
 TRAIN_VOICES voice at a random speed and pitch; test: TEST_VOICE), each sentence trimmed of the
 synthesiser's silence, after 0.2 s of leading silence and with 0.3..0.8 s pauses between sentences.
 The talk is rounded to PCM16 (what a wav file holds) and encoded exactly as serving encodes a stream:
@@ -16,14 +17,14 @@ Layout of OUT (paths in the manifests are relative to OUT):
                                              the talk done, so a rerun skips it)
     test/wav/<id>.wav                        16 kHz PCM16 mono
     test/audio.txt                           one wav path per line, relative to OUT/test
-    test/references.de                       one German sentence per line, talk order then sentence order
+    test/references.<lang>                   one reference sentence per line, talk order then sentence order
     test/segmentation.yaml                   {wav, offset, duration} (s) per reference sentence
 
 Evaluate (from OUT/test; `translate` writes each path as `source`, matched on its file name):
 
     hpo-engine translate $(cat audio.txt) -o instances.log [--model CKPT]
     hpo-engine score longform --hypothesis instances.log --references references.de \\
-        --segmentation segmentation.yaml --lang de
+        --segmentation segmentation.yaml --lang de          (or references.zh, --lang zh)
 
 Which talks exist depends only on the dictionary, the seed and the split; asking for more talks of a
 split later adds talks and keeps the earlier ones.
@@ -44,6 +45,7 @@ from hpo_engine.speech.frontend import FRAME_MS, HPO_CHUNK_MS
 from hpo_engine.speech.streaming import StreamingEncoder
 
 from .pairs import SPLITS, load_pairs
+from .pairs_zh import load_zh_pairs
 from .synth import TEST_VOICE, TRAIN_VOICES, Voice, synthesize, trim_silence
 
 LEFT_CONTEXT_MS = 4000
@@ -53,6 +55,7 @@ MAX_SENTENCES = 4
 # measured on the shared 2-core machine, 1 torch thread: 0.33..0.46 s per talk of ~7 s of audio (0.12 s
 # synthesis, the rest encoding: ~50 ms per second of audio); the defaults took 6.2 min (2.2 h of audio)
 DEFAULT_TALKS = {"train": 1000, "valid": 50, "test": 50}
+LANGS = ("de", "zh")
 
 
 @dataclass
@@ -60,7 +63,7 @@ class Talk:
     """What to synthesise: sentences, voice and pauses (seconds before each sentence)."""
     id: str
     split: str
-    pairs: list[tuple[str, str]]     # (English, German)
+    pairs: list[tuple[str, str]]     # (English, target language)
     voice: Voice
     speed: int
     pitch: int
@@ -158,12 +161,12 @@ def write_manifest(path: Path, lines: list[dict]) -> None:
     path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
 
 
-def write_test_files(out: Path, lines: list[dict]) -> None:
-    """audio.txt, references.de and segmentation.yaml of the test talks (in manifest order)."""
+def write_test_files(out: Path, lines: list[dict], lang: str = "de") -> None:
+    """audio.txt, references.<lang> and segmentation.yaml of the test talks (in manifest order)."""
     test = out / "test"
     test.mkdir(parents=True, exist_ok=True)
     (test / "audio.txt").write_text("".join(f"wav/{line['id']}.wav\n" for line in lines), encoding="utf-8")
-    (test / "references.de").write_text(
+    (test / f"references.{lang}").write_text(
         "".join(de + "\n" for line in lines for de in line["tgt_segments"]), encoding="utf-8")
     (test / "segmentation.yaml").write_text("".join(
         f"- {{wav: {line['id']}.wav, offset: {seg['start']:.3f}, duration: {seg['end'] - seg['start']:.3f}}}\n"
@@ -171,8 +174,10 @@ def write_test_files(out: Path, lines: list[dict]) -> None:
 
 
 def build(out: str | Path, talks: dict[str, int] | None = None, seed: int = 0,
-          dictionary: str | Path | None = None, encoder: WhisperEncoder | None = None, progress: bool = True) -> dict:
-    """Build every split's talks under `out`; returns totals {talks, sentences, hours, seconds (wall)}."""
+          dictionary: str | Path | None = None, encoder: WhisperEncoder | None = None, progress: bool = True,
+          lang: str = "de") -> dict:
+    """Build every split's talks under `out`, English speech with `lang` references (`dictionary`: the
+    Ding file for de, the hsk wheel for zh); returns totals {talks, sentences, hours, seconds (wall)}."""
     from tqdm import tqdm
 
     from hpo_engine.speech.encoder import load_tiny_en_encoder
@@ -180,7 +185,9 @@ def build(out: str | Path, talks: dict[str, int] | None = None, seed: int = 0,
     t0 = time.perf_counter()
     out = Path(out)
     talks = {**DEFAULT_TALKS, **(talks or {})}
-    pairs = load_pairs(dictionary)
+    if lang not in LANGS:
+        raise ValueError(f"target language {lang!r}: the demo data has {', '.join(LANGS)}")
+    pairs = load_pairs(dictionary) if lang == "de" else load_zh_pairs(dictionary)
     plans = [t for split in SPLITS for t in plan_talks(pairs[split], split, talks[split], seed)]
     encoder = encoder or load_tiny_en_encoder()
     lines: dict[str, list[dict]] = {split: [] for split in SPLITS}
@@ -188,7 +195,7 @@ def build(out: str | Path, talks: dict[str, int] | None = None, seed: int = 0,
         lines[talk.split].append(build_talk(talk, out, encoder))
     for split in SPLITS:
         write_manifest(out / f"{split}.jsonl", lines[split])
-    write_test_files(out, lines["test"])
+    write_test_files(out, lines["test"], lang)
     done = [line for split in SPLITS for line in lines[split]]
     return {"talks": len(done), "sentences": sum(len(line["segments"]) for line in done),
             "hours": sum(line["window_end"] for line in done) / 3600, "seconds": time.perf_counter() - t0}

@@ -101,9 +101,14 @@ def save_sst(folder: Path, llm_folder: Path, encoder: WhisperEncoder,
     return folder
 
 
-def load_adapter(config: SSTConfig, folder: Path) -> Projector | CTCBridge | WhisperTranscriber:
-    """The checkpoint's speech adapter, as sst_config.json names it: a CTC bridge, a transcriber or a
-    projector."""
+def load_encoder(config: SSTConfig, folder: Path) -> WhisperEncoder:
+    return load_module(WhisperEncoder(EncoderConfig(**config.encoder)), Path(folder) / ENCODER_FILE)
+
+
+def load_adapter(config: SSTConfig, folder: Path, encoder: WhisperEncoder | None = None
+                 ) -> Projector | CTCBridge | WhisperTranscriber:
+    """The checkpoint's speech adapter, as sst_config.json names it: a CTC bridge, a transcriber (given
+    the checkpoint's `encoder`, loaded when None: it encodes its own segments) or a projector."""
     folder = Path(folder)
     if config.bridge:
         return load_module(CTCBridge(CTCBridgeConfig.from_dict(config.bridge)), folder / BRIDGE_FILE)
@@ -114,7 +119,7 @@ def load_adapter(config: SSTConfig, folder: Path) -> Projector | CTCBridge | Whi
         if not (folder / WHISPER_TOKENIZER_FILE).is_file():
             raise SSTConfigError(f"SST checkpoint is missing {folder / WHISPER_TOKENIZER_FILE}")
         transcriber.whisper_tokenizer = Tokenizer.from_file(str(folder / WHISPER_TOKENIZER_FILE))
-        return transcriber
+        return transcriber.attach_encoder(encoder if encoder is not None else load_encoder(config, folder))
     return load_module(Projector(ProjectorConfig(**config.projector)), folder / PROJECTOR_FILE)
 
 
@@ -145,8 +150,8 @@ def open_sst(path=None, device="cpu", dtype=torch.float32, quantize: str | None 
         except IntegrityError as e:
             raise SSTConfigError(f"damaged SST checkpoint: {e}") from None
     config = SSTConfig.load(path)
-    encoder = load_module(WhisperEncoder(EncoderConfig(**config.encoder)), path / ENCODER_FILE).to(device)
-    speech_adapter = load_adapter(config, path).to(device)
+    encoder = load_encoder(config, path).to(device)
+    speech_adapter = load_adapter(config, path, encoder).to(device)
     options = {"placeholder_token_id": config.placeholder_token_id,
                "max_cache_tokens": config.max_cache_tokens, **engine_options}
     engine = Engine.from_pretrained(path, device=device, dtype=dtype, **options)

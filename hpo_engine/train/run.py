@@ -177,11 +177,15 @@ def open_speech_parts(cfg: TrainConfig) -> SpeechParts:
         return load_module(WhisperEncoder(EncoderConfig(**sst.encoder)), folder / ENCODER_FILE)
 
     def encode_audio(path, start_s: float, end_s: float) -> np.ndarray:
-        """Encoder frames of [start_s, end_s] of an audio file, streamed as serving streams it."""
+        """[start_s, end_s] of an audio file as the adapter reads it when served: encoder frames,
+        streamed as serving streams them, or 20 ms PCM frames [n, 320] for an adapter that reads audio."""
         from hpo_engine.speech.audio import SAMPLE_RATE, load_audio
-        from hpo_engine.speech.frontend import FRAME_MS
+        from hpo_engine.speech.frontend import FRAME_MS, AudioFrames
         from hpo_engine.speech.streaming import StreamingEncoder
         wave = load_audio(path)[int(start_s * SAMPLE_RATE):int(end_s * SAMPLE_RATE)]
+        if getattr(adapter, "reads_audio", False):
+            frames = AudioFrames(sst.chunk_ms // FRAME_MS)
+            return torch.cat([frames.push(wave), frames.flush()]).numpy()
         stream = StreamingEncoder(encoder(), sst.chunk_ms // FRAME_MS, sst.left_context_ms // FRAME_MS)
         with torch.inference_mode():
             frames = torch.cat([stream.push(wave), stream.flush()])
