@@ -148,3 +148,35 @@ def test_config_with_both_adapters_is_refused(bridge_sst, tmp_path):
     from hpo_engine.sst.config import SSTConfig
     with pytest.raises(SSTConfigError, match="exactly one speech adapter"):
         SSTConfig.load(folder)
+
+
+def test_sft_windows_may_name_their_own_target_language(bridge_sst, tmp_path):
+    """Mixed-language SFT: a window's `target_lang` picks its system prompt (the checkpoint's instruction
+    for that language) and its answers' joining rule; HPO and validation refuse other languages."""
+    from hpo_engine.train.config import ConfigError
+    from hpo_engine.train.sft import sft_step
+
+    lines = [json.loads(x) for x in (bridge_sst / "train.jsonl").read_text().splitlines()]
+    lines[1] = {**lines[1], "target_lang": "zh", "tgt_segments": ["一二", "三"]}
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({**x, "features": str(bridge_sst / x["features"])}) + "\n" for x in lines))
+    cfg = sft_config(bridge_sst, tmp_path / "run")
+    cfg.data.train = str(mixed)
+    run = setup(cfg)
+    zh, de = run.format_for("zh"), run.format_for("de")
+    assert de is run.fmt and zh.first_prefix != de.first_prefix
+    assert "Chinese" in run.codec.tokenizer.decode(zh.first_prefix) and "German" in run.codec.tokenizer.decode(de.first_prefix)
+    windows = run.loader.next_batch(3)
+    assert sorted(run.language_of(w) for w in windows) == ["de", "de", "zh"]
+    assert np.isfinite(sft_step(run, 1)["sft_loss"])
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**lines[1], "target_lang": "tlh", "features": str(bridge_sst / "w1.npy")}) + "\n")
+    cfg = sft_config(bridge_sst, tmp_path / "run2")
+    cfg.data.train = str(bad)
+    with pytest.raises(ConfigError, match="'tlh' is not supported"):
+        setup(cfg)
+    cfg = sft_config(bridge_sst, tmp_path / "run3")
+    cfg.data.train, cfg.data.valid = str(bridge_sst / "train.jsonl"), str(mixed)
+    with pytest.raises(ConfigError, match="data.valid: windows in zh"):
+        setup(cfg)

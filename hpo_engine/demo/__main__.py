@@ -39,9 +39,11 @@ def main():
 @click.option("--dictionary", type=click.Path(dir_okay=False), default=None,
               help="Pairs file: the Ding dictionary for de (default: Debian trans-de-en's), the "
                    "hsk-sentences-audio wheel for zh (default: downloaded once into the cache).")
+@click.option("--audio", is_flag=True, help="Also write every split's wavs and <split>.audio.jsonl manifests "
+              "naming them (a transcriber checkpoint trains on audio).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="torch threads for the encoder (small windows: 1 is fastest on a shared machine).")
-def data(out_dir, train, valid, test, seed, lang, dictionary, threads):
+def data(out_dir, train, valid, test, seed, lang, dictionary, audio, threads):
     """Synthesise talks into OUT_DIR: encoder frames, {train,valid,test}.jsonl and test/ evaluation files.
 
     Resumable: talks whose .npy exists are kept.
@@ -52,7 +54,7 @@ def data(out_dir, train, valid, test, seed, lang, dictionary, threads):
 
     torch.set_num_threads(threads)
     try:
-        totals = build(out_dir, {"train": train, "valid": valid, "test": test}, seed, dictionary, lang=lang)
+        totals = build(out_dir, {"train": train, "valid": valid, "test": test}, seed, dictionary, lang=lang, audio=audio)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{totals['talks']} talks, {totals['sentences']} sentences, {totals['hours']:.2f} h of audio "

@@ -16,6 +16,8 @@ Layout of OUT (paths in the manifests are relative to OUT):
     <split>/feats/<id>.json                  the talk's manifest line (written first; the .npy marks
                                              the talk done, so a rerun skips it)
     test/wav/<id>.wav                        16 kHz PCM16 mono
+    <split>/wav/<id>.wav, <split>.audio.jsonl  with `audio=True` (--audio): every split's wavs and manifests
+                                             naming them ('audio' lines: for a transcriber, which reads audio)
     test/audio.txt                           one wav path per line, relative to OUT/test
     test/references.<lang>                   one reference sentence per line, talk order then sentence order
     test/segmentation.yaml                   {wav, offset, duration} (s) per reference sentence
@@ -134,27 +136,48 @@ def write_wav(path: Path, wave: np.ndarray) -> None:
     sf.write(path, wave, SAMPLE_RATE, subtype="PCM_16")
 
 
-def build_talk(talk: Talk, out: Path, encoder: WhisperEncoder) -> dict:
-    """Make one talk's files under `out` (skipped when its .npy exists); returns its manifest line."""
+def wav_path(out: Path, talk_id: str) -> Path:
+    return out / talk_id.split("-")[0] / "wav" / f"{talk_id}.wav"
+
+
+def save_wav(out: Path, talk: Talk, wave: np.ndarray) -> None:
+    path = wav_path(out, talk.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.wav")
+    write_wav(tmp, wave)
+    tmp.replace(path)
+
+
+def build_talk(talk: Talk, out: Path, encoder: WhisperEncoder, audio: bool = False) -> dict:
+    """Make one talk's files under `out` (skipped when its .npy exists; a wav asked for later is
+    synthesised again: the same talk renders the same samples); returns its manifest line."""
     feats = out / talk.split / "feats" / f"{talk.id}.npy"
     meta = feats.with_suffix(".json")
+    want_wav = audio or talk.split == "test"
     if feats.exists():
         line = json.loads(meta.read_text(encoding="utf-8"))
         if line["src_segments"] != [en for en, _ in talk.pairs]:
             raise RuntimeError(f"{meta} holds other sentences than this build plans (another --seed or "
                                f"dictionary?): use a fresh OUT_DIR")
+        if want_wav and not wav_path(out, talk.id).exists():
+            save_wav(out, talk, render(talk)[0])
         return line
     feats.parent.mkdir(parents=True, exist_ok=True)
     wave, spans = render(talk)
     line = manifest_line(talk, feats.relative_to(out).as_posix(), len(wave) / SAMPLE_RATE, spans)
     meta.write_text(json.dumps(line, ensure_ascii=False), encoding="utf-8")
-    if talk.split == "test":
-        (out / "test" / "wav").mkdir(parents=True, exist_ok=True)
-        write_wav(out / "test" / "wav" / f"{talk.id}.wav", wave)
+    if want_wav:
+        save_wav(out, talk, wave)
     tmp = feats.with_suffix(".tmp.npy")
     np.save(tmp, encode(encoder, wave))
     tmp.replace(feats)                       # last: the talk counts as done only when complete
     return line
+
+
+def audio_line(line: dict) -> dict:
+    """A manifest line naming the talk's wav instead of its encoder frames."""
+    out = {k: v for k, v in line.items() if k != "features"}
+    return {"id": line["id"], "audio": wav_path(Path(), line["id"]).as_posix(), **out}
 
 
 def write_manifest(path: Path, lines: list[dict]) -> None:
@@ -175,7 +198,7 @@ def write_test_files(out: Path, lines: list[dict], lang: str = "de") -> None:
 
 def build(out: str | Path, talks: dict[str, int] | None = None, seed: int = 0,
           dictionary: str | Path | None = None, encoder: WhisperEncoder | None = None, progress: bool = True,
-          lang: str = "de") -> dict:
+          lang: str = "de", audio: bool = False) -> dict:
     """Build every split's talks under `out`, English speech with `lang` references (`dictionary`: the
     Ding file for de, the hsk wheel for zh); returns totals {talks, sentences, hours, seconds (wall)}."""
     from tqdm import tqdm
@@ -192,9 +215,11 @@ def build(out: str | Path, talks: dict[str, int] | None = None, seed: int = 0,
     encoder = encoder or load_tiny_en_encoder()
     lines: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for talk in tqdm(plans, desc="talks", unit="talk", disable=not progress):
-        lines[talk.split].append(build_talk(talk, out, encoder))
+        lines[talk.split].append(build_talk(talk, out, encoder, audio))
     for split in SPLITS:
         write_manifest(out / f"{split}.jsonl", lines[split])
+        if audio:       # the same talks naming their wavs (relative to OUT, like the features)
+            write_manifest(out / f"{split}.audio.jsonl", [audio_line(line) for line in lines[split]])
     write_test_files(out, lines["test"], lang)
     done = [line for split in SPLITS for line in lines[split]]
     return {"talks": len(done), "sentences": sum(len(line["segments"]) for line in done),

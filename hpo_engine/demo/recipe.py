@@ -25,11 +25,17 @@ BRIDGE_VALID_TALKS = 4   # Qwen2.5-0.5B decodes ~5x slower than SmolLM2 here: 4 
 QWEN_STAGES = ("bridge_sft", "transcriber_sft")    # configs/<stage>.yaml, over Qwen2.5-0.5B
 
 
-def valid_subset(out: Path, n: int = VALID_TALKS) -> Path:
-    """OUT/valid_<n>.jsonl: the first n validation talks."""
-    path = out / f"valid_{n}.jsonl"
+AUDIO_STAGES = ("transcriber_sft",)   # a transcriber reads audio: these train on OUT/<split>.audio.jsonl (data --audio)
+
+
+def valid_subset(out: Path, n: int = VALID_TALKS, manifest: str = "valid.jsonl") -> Path:
+    """OUT/<manifest stem>_<n>.jsonl: the first n validation talks."""
+    path = out / f"{manifest.removesuffix('.jsonl').replace('.', '_')}_{n}.jsonl"
     if not path.is_file():
-        lines = (out / "valid.jsonl").read_text().splitlines()[:n]
+        if not (out / manifest).is_file():
+            raise FileNotFoundError(f"{out / manifest} is missing: run `python -m hpo_engine.demo data {out}"
+                                    f"{' --audio' if 'audio' in manifest else ''}` first")
+        lines = (out / manifest).read_text().splitlines()[:n]
         path.write_text("".join(line + "\n" for line in lines))
     return path
 
@@ -43,9 +49,14 @@ def stage_config(out: Path, stage: str, steps: int | None = None, config: Path |
     start = default_sst_path(trained=False) if START[stage] is None else out / START[stage]
     if not (start / "sst_config.json").is_file():
         raise FileNotFoundError(f"{start} is missing: run the stage that makes it first")
+    kind = ".audio.jsonl" if stage in AUDIO_STAGES else ".jsonl"
+    if not (out / f"train{kind}").is_file():
+        raise FileNotFoundError(f"{out / f'train{kind}'} is missing: run `python -m hpo_engine.demo data {out}"
+                                f"{' --audio' if stage in AUDIO_STAGES else ''}` first")
     overrides = {"model": {"path": str(start)}, "output_dir": str(out / stage),
-                 "data": {"train": str(out / "train.jsonl"),
-                          "valid": str(valid_subset(out, BRIDGE_VALID_TALKS if stage in QWEN_STAGES else VALID_TALKS))}}
+                 "data": {"train": str(out / f"train{kind}"),
+                          "valid": str(valid_subset(out, BRIDGE_VALID_TALKS if stage in QWEN_STAGES else VALID_TALKS,
+                                                    f"valid{kind}"))}}
     if steps is not None:
         overrides["train"] = {"steps": steps}
     default = REPO_CONFIGS / (f"{stage}.yaml" if stage in QWEN_STAGES else f"demo_{stage}.yaml")

@@ -9,7 +9,8 @@ window of a long recording:
      "frame_start": 0, "frame_end": 840,   # optional: frame range of a 2-D array [frames, dim]
      "window_start": 201.6, "window_end": 268.8,   # seconds in the recording
      "segments": [{"start": 0.4, "end": 7.9}, ...], # per-sentence source times, seconds from window_start
-     "src_segments": ["...", ...], "tgt_segments": ["...", ...]}
+     "src_segments": ["...", ...], "tgt_segments": ["...", ...],
+     "target_lang": "zh"}                   # optional (SFT): this window's language, else dialogue.target_lang
 
 The paper's parquet column names are accepted as aliases (`audio_npy_path`, `audio_npy_row`,
 `segment_info`; `audio_duration` when window_start/end are absent). A line may name `audio`
@@ -31,7 +32,7 @@ import numpy as np
 
 ALIASES = {"audio_npy_path": "features", "audio_npy_row": "features_row", "segment_info": "segments"}
 KNOWN = {"id", "features", "features_row", "frame_start", "frame_end", "audio", "window_start", "window_end",
-         "audio_duration", "segments", "src_segments", "tgt_segments", "chunk_frame_size"}
+         "audio_duration", "segments", "src_segments", "tgt_segments", "chunk_frame_size", "target_lang"}
 
 
 class ManifestError(ValueError):
@@ -52,6 +53,7 @@ class WindowRecord:
     segments: list[tuple[float, float]]
     sources: list[str]
     references: list[str]
+    target_lang: str | None = None     # None: the run's dialogue.target_lang
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Window:
     sources: list[str]
     references: list[str]
     placeholders: list[int]            # per chunk: its user turn's placeholders (rows / rows_per_placeholder)
+    target_lang: str | None = None     # None: the run's dialogue.target_lang
 
     def chunk_starts(self) -> list[int]:
         """Placeholder offset of each chunk and, last, the total."""
@@ -125,12 +128,15 @@ def parse_line(rec, where: str, base: Path) -> WindowRecord:
         for i, text in enumerate(rec[key]):
             if not isinstance(text, str) or not text.strip():
                 raise ManifestError(f"{where}: field '{key}[{i}]' must be a non-empty string, got {text!r}")
+    lang = rec.get("target_lang")
+    if lang is not None and (not isinstance(lang, str) or not lang):
+        raise ManifestError(f"{where}: field 'target_lang' must be a language code string, got {lang!r}")
     return WindowRecord(
         id=str(rec.get("id", where)),
         features=(base / rec["features"]) if "features" in rec else None, features_row=row,
         frame_start=f0, frame_end=f1, audio=(base / rec["audio"]) if "audio" in rec else None,
         window_start=float(w0), window_end=float(w1), segments=spans,
-        sources=list(rec["src_segments"]), references=list(rec["tgt_segments"]))
+        sources=list(rec["src_segments"]), references=list(rec["tgt_segments"]), target_lang=lang)
 
 
 def _manifest_rows(path: Path):
@@ -209,9 +215,9 @@ def load_window(rec: WindowRecord, frames_per_chunk: int, max_chunks: int, encod
         chunks = np.split(out[:take], range(frames_per_chunk, take, frames_per_chunk))
         rows = [np.asarray(r, dtype=np.float32) for r in chunk_rows(chunks, ends_talk)]
         return Window(rec.id, np.concatenate(rows), num_chunks, rec.segments, rec.sources, rec.references,
-                      [len(r) for r in rows])
+                      [len(r) for r in rows], rec.target_lang)
     return Window(rec.id, out, num_chunks, rec.segments, rec.sources, rec.references,
-                  [frames_per_chunk // rows_per_placeholder] * num_chunks)
+                  [frames_per_chunk // rows_per_placeholder] * num_chunks, rec.target_lang)
 
 
 class WindowLoader:

@@ -3,7 +3,7 @@ reference, the optimizer, the data and the reward's scorers, built from a TrainC
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class Run:
     embedder: object | None = None         # sentence embedder of the embedding segmenter (reward.segmenter)
     continued_lora: bool = False           # the LoRA continues the base checkpoint's (it replaces it on export)
     world: World = World()                 # this process's rank among the data-parallel replicas
+    formats: dict = field(default_factory=dict)   # DialogueFormat per other target language (format_for)
 
     @property
     def rows_per_embedding(self) -> int:
@@ -52,6 +53,20 @@ class Run:
     @property
     def embed_speech(self):
         return self.trainable.embed_speech if self.trainable.projector is not None else None
+
+    def language_of(self, window) -> str:
+        return window.target_lang or self.cfg.dialogue.target_lang
+
+    def format_for(self, lang: str) -> DialogueFormat:
+        """The dialogue in `lang` (its instruction in the system prompt); run.fmt is dialogue.target_lang's."""
+        if lang == self.cfg.dialogue.target_lang:
+            return self.fmt
+        if self.sst is None:
+            raise ConfigError(f"a window in {lang!r} needs an SST checkpoint (its instructions name the "
+                              f"languages); a plain LLM's dialogue has one instruction")
+        if lang not in self.formats:
+            self.formats[lang] = DialogueFormat.from_sst(self.sst, self.codec.tokenizer, lang)
+        return self.formats[lang]
 
 
 def step_seed(cfg: TrainConfig, step: int) -> int:
@@ -104,10 +119,11 @@ def setup(cfg: TrainConfig) -> Run:
     window_options = {"encode_audio": encode_audio,
                       "rows_per_placeholder": projector.cfg.stack if projector is not None else 1,
                       "chunk_rows": bridge_chunk_rows(speech.bridge, model, tokenizer) if speech.bridge is not None else None}
-    loader = WindowLoader(read_manifest(cfg.data.train), frames, chunks, seed=cfg.seed, shuffle=cfg.data.shuffle,
-                          **window_options)
-    valid = [load_window(r, frames, chunks, **window_options)
-             for r in read_manifest(cfg.data.valid)] if cfg.data.valid else []
+    records = read_manifest(cfg.data.train)
+    valid_records = read_manifest(cfg.data.valid) if cfg.data.valid else []
+    check_languages(cfg, sst, records, valid_records)
+    loader = WindowLoader(records, frames, chunks, seed=cfg.seed, shuffle=cfg.data.shuffle, **window_options)
+    valid = [load_window(r, frames, chunks, **window_options) for r in valid_records]
     scorer = QualityScorer(cfg.reward.quality, d.target_lang, cfg.reward.quality_model_path, m.device) \
         if cfg.mode == "hpo" else QualityScorer("chrf")
     embedder = None
@@ -117,6 +133,28 @@ def setup(cfg: TrainConfig) -> Run:
     return Run(cfg, model, trainable, ref_model, frozen_copy(projector), sst, engine, optimizer, fmt,
                TextCodec(tokenizer, fmt.stop_id), banned_vocab_mask(fmt, model.config.vocab_size), loader, valid,
                Path(cfg.output_dir), scorer, master, embedder, bool(continued), world)
+
+
+def check_languages(cfg: TrainConfig, sst: SSTConfig | None, train: list, valid: list) -> None:
+    """Windows may name their own target_lang in SFT training only; validation (and HPO's rollouts and
+    rewards) run in dialogue.target_lang. Every language must be one the checkpoint has an instruction for."""
+    d = cfg.dialogue
+    for name, records in (("data.train", train), ("data.valid", valid)):
+        other = sorted({r.target_lang for r in records if r.target_lang not in (None, d.target_lang)})
+        if not other:
+            continue
+        if name == "data.valid" or cfg.mode != "sft":
+            raise ConfigError(f"{name}: windows in {', '.join(other)}, but "
+                              f"{'validation' if name == 'data.valid' else 'HPO'} runs in dialogue.target_lang "
+                              f"{d.target_lang!r} only")
+        if sst is None:
+            raise ConfigError(f"{name}: windows in {', '.join(other)} need an SST checkpoint (its instructions "
+                              f"name the languages)")
+        for lang in other:
+            try:
+                sst.instruction(lang)
+            except ValueError as e:
+                raise ConfigError(f"{name}: {e}") from None
 
 
 def make_optimizer(params: list[torch.Tensor], o, world: World) -> torch.optim.Optimizer:

@@ -60,10 +60,13 @@ def sft_step(run, step: int) -> dict:
     cfg, d, world = run.cfg, run.cfg.dialogue, run.world
     t0 = time.perf_counter()
     windows = run.loader.next_batch(cfg.sft.batch_size)        # the whole batch, on every rank
-    samples = [pack_dialogue(windows[b], run.fmt,
-                             sft_answers(windows[b], run.codec, d.chunk_seconds, cfg.sft.lag_chunks, d.target_lang,
-                                         run.fmt.stop_id), index=b, rows_per_embedding=run.rows_per_embedding)
-               for b in world.share(len(windows))]
+    samples = []
+    for b in world.share(len(windows)):
+        lang = run.language_of(windows[b])    # a window may name its own (mixed-language SFT)
+        fmt = run.format_for(lang)
+        samples.append(pack_dialogue(windows[b], fmt, sft_answers(windows[b], run.codec, d.chunk_seconds,
+                                                                  cfg.sft.lag_chunks, lang, fmt.stop_id),
+                                     index=b, rows_per_embedding=run.rows_per_embedding))
     num_global_tokens = int(world.sum({"n": sum(int(s.assistant_mask.sum()) for s in samples)})["n"])
     run.trainable.zero_grad()
     total = 0.0
