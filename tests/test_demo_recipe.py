@@ -72,3 +72,32 @@ def test_installed_trained_part_becomes_the_default(tmp_path, monkeypatch):
         torch.testing.assert_close(model.adapter.fc1.weight, projector["fc1.weight"].to(torch.bfloat16).float())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_mix_interleaves_languages_with_their_target_lang_and_paths_relative_to_out(tmp_path):
+    from hpo_engine.train.data import read_manifest
+    for lang, n in (("de", 3), ("zh", 2)):
+        folder = tmp_path / lang
+        (folder / "test").mkdir(parents=True)
+        (folder / "test" / f"references.{lang}").write_text("x\n")
+        (folder / "train" / "wav").mkdir(parents=True)
+        lines = []
+        for i in range(n):
+            (folder / "train" / "wav" / f"train-{i}.wav").write_bytes(b"RIFF")
+            lines.append({"id": f"train-{i}", "audio": f"train/wav/train-{i}.wav", "window_start": 0.0,
+                          "window_end": 1.0, "segments": [{"start": 0.1, "end": 0.9}],
+                          "src_segments": [f"Sentence {i}."], "tgt_segments": [f"{lang} {i}"]})
+        (folder / "train.audio.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    path = recipe.mix_manifests(tmp_path / "de", [tmp_path / "zh"])
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(x["id"], x["target_lang"]) for x in lines] == [("de-train-0", "de"), ("zh-train-0", "zh"),
+                                                            ("de-train-1", "de"), ("zh-train-1", "zh")]
+    assert lines[1]["audio"] == "../zh/train/wav/train-0.wav"
+    records = read_manifest(path)           # every wav is found from the mixed manifest
+    assert [r.target_lang for r in records] == ["de", "zh", "de", "zh"]
+    with pytest.raises(FileNotFoundError, match="train.audio.jsonl is missing"):
+        recipe.mix_manifests(tmp_path / "de", [tmp_path / "de" / "train"])
+    (tmp_path / "xx").mkdir()
+    (tmp_path / "xx" / "train.audio.jsonl").write_text((tmp_path / "zh" / "train.audio.jsonl").read_text())
+    with pytest.raises(FileNotFoundError, match="references.<lang>"):
+        recipe.mix_manifests(tmp_path / "de", [tmp_path / "xx"])

