@@ -4,7 +4,7 @@ talks with their 1.12 s chunks shuffled, or silent) (an oracle bridge: the LLM's
 English tokens, each placed in the chunk where it is spoken).
 
 Run:    .venv/bin/python bench/bench_zero_shot.py runs/de [--model runs/de/bridge/sst] [--talks 20]
-            [--rows oracle,bridge] [--threads 1] [--json out.json]
+            [--rows oracle,bridge] [--target-lang de] [--threads 1] [--json out.json]
 
 Data: the demo's held-out test talks (OUT/test: unseen voice, unseen sentences); one talk = one
 hypothesis (its sentences' translations joined) scored against its references joined: corpus BLEU and
@@ -35,10 +35,10 @@ def oracle_chunks(line: dict, tokenizer, chunk_s: float, num_chunks: int) -> lis
     return chunks
 
 
-def translate_oracle(model, line: dict, wave_len_s: float) -> str:
+def translate_oracle(model, line: dict, wave_len_s: float, target_lang: str) -> str:
     from hpo_engine.sst.stream import PendingChunk, SSTStream
 
-    stream = SSTStream(model)
+    stream = SSTStream(model, target_lang)
     chunk_s = model.config.chunk_ms / 1000
     table = model.engine.model.model.embed_tokens.weight.detach()
     try:
@@ -63,7 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from hpo_engine.demo.bridge import edit_distance
-    from hpo_engine.metrics.quality import corpus_bleu, corpus_chrf
+    from hpo_engine.metrics.quality import corpus_bleu, corpus_chrf, default_bleu_tokenizer
+    from hpo_engine.sst.config import UNSPACED_LANGUAGES
     from hpo_engine.speech.audio import SAMPLE_RATE, load_audio
     from hpo_engine.speech.transcriber import WhisperTranscriber, word_key
     from hpo_engine.sst.checkpoint import open_sst
@@ -71,7 +72,8 @@ def main() -> None:
 
     model = open_sst(args.model or args.data / "bridge" / "sst")
     lines = [json.loads(x) for x in (args.data / "test.jsonl").read_text().splitlines()][:args.talks]
-    refs = [" ".join(line["tgt_segments"]) for line in lines]
+    sep = "" if args.target_lang in UNSPACED_LANGUAGES else " "
+    refs = [sep.join(line["tgt_segments"]) for line in lines]
     out = {"model": str(model.path), "talks": len(lines), "date": time.strftime("%Y-%m-%d"), "rows": {}}
     for mode in args.rows.split(","):
         t0 = time.perf_counter()
@@ -79,7 +81,7 @@ def main() -> None:
         for line in lines:
             wave = load_audio(args.data / "test" / "wav" / f"{line['id']}.wav")
             if mode == "oracle":
-                hyps.append(translate_oracle(model, line, len(wave) / SAMPLE_RATE))
+                hyps.append(translate_oracle(model, line, len(wave) / SAMPLE_RATE, args.target_lang))
                 continue
             if mode == "shuffled":      # the same audio, its chunks in a seeded random order
                 step = model.config.chunk_ms * SAMPLE_RATE // 1000
@@ -101,7 +103,7 @@ def main() -> None:
                     torch.from_numpy(np.load(args.data / line["features"]).astype(np.float32)))
                 truth = model.tokenizer.encode(" ".join(line["src_segments"]), add_special_tokens=False)
             errors, total = errors + edit_distance(heard, truth), total + len(truth)
-        row = {"BLEU": corpus_bleu(hyps, refs), "chrF": corpus_chrf(hyps, refs),
+        row = {"BLEU": corpus_bleu(hyps, refs, default_bleu_tokenizer(args.target_lang)), "chrF": corpus_chrf(hyps, refs),
                "length_ratio": sum(map(len, hyps)) / sum(map(len, refs)), "seconds": time.perf_counter() - t0,
                "examples": [{"hypothesis": h, "reference": r} for h, r in list(zip(hyps, refs))[:3]]}
         if mode == "bridge":       # LLM tokens (CTC bridge) or words (transcriber) of the English

@@ -2,7 +2,7 @@
 
     config.py         sst_config.json (SSTConfig)
     checkpoint.py     the folder layout, save_sst / open_sst -> SSTModel
-    default_model.py  the embedded default (UNTRAINED projector) built on first use
+    default_model.py  the embedded default (the committed trained part over its base), built on first use
     dialogue.py       token ids of the user turns
     stream.py         SSTStream (PCM in, deltas out); translate_ready (one batched turn each),
                       step_streams (one engine step, turns joining the running batch)
