@@ -4,8 +4,8 @@ Run:    .venv/bin/python bench/bench_serve.py [--streams 1,2,4,8,16] [--max-new-
             [--json out.json]
         .venv/bin/python bench/bench_serve.py --at-capacity [--threads T]    (admission, below)
 
-Setup: the default model (UNTRAINED projector: it tends to write max_new_tokens every turn, the
-worst case for the decoder), a real `hpo-engine serve` subprocess, and N WebSocket clients in this
+Setup: the embedded default model (since 2026-12-03 Whisper tiny.en as transcriber + Qwen2.5-0.5B with
+its LoRA; the figures before that date are the SmolLM2 projector models'), a real `hpo-engine serve` subprocess, and N WebSocket clients in this
 process, each streaming the real read speech of tests/data/speech (5.3 s, three times: 15.9 s) in
 160 ms frames paced by the wall clock, start times staggered over one chunk.
 Per chunk, client side: latency = arrival of its translation frame - the moment its last sample was

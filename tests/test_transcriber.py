@@ -254,3 +254,22 @@ def test_transcriber_refuses_encoder_frames(transcriber_sst):
     adapter = open_sst(transcriber_sst / "sst").adapter
     with pytest.raises(ValueError, match=r"reads audio as \[frames, 320\].*'audio' lines"):
         adapter.chunk_rows(torch.zeros(CHUNK_FRAMES, D_ENC), adapter.new_state())
+
+
+def test_audio_frames_cut_pcm_into_whole_chunks_whatever_the_split():
+    """AudioFrames (what a transcriber is handed): [k * chunk, 320] per push, however the PCM is split;
+    flush returns the rest zero-padded to whole 20 ms frames; bad PCM changes nothing."""
+    from hpo_engine.speech.frontend import AudioFrames
+    pcm = np.random.default_rng(0).standard_normal(3 * 56 * 320 + 1000).astype(np.float32)
+    whole = AudioFrames(56)
+    expect = torch.cat([whole.push(pcm), whole.flush()])
+    pieces = AudioFrames(56)
+    cuts = [0, 7, 17919, 17921, 40000, len(pcm)]
+    out = [pieces.push(pcm[i:j]) for i, j in zip(cuts, cuts[1:])]
+    with pytest.raises(ValueError, match="NaN"):
+        pieces.push(np.array([0.0, np.nan]))
+    got = torch.cat([*out, pieces.flush()])
+    assert [len(o) % 56 for o in out] == [0] * len(out)
+    assert torch.equal(got, expect) and got.shape == (3 * 56 + 4, 320)
+    assert torch.equal(got.reshape(-1)[:len(pcm)], torch.from_numpy(pcm))
+    assert not got.reshape(-1)[len(pcm):].any()

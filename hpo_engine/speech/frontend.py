@@ -15,7 +15,7 @@ import torch
 
 from .audio import pcm16_to_float
 from .encoder import WhisperEncoder
-from .streaming import SAMPLES_PER_FRAME, StreamingEncoder
+from .streaming import SAMPLES_PER_FRAME, StreamingEncoder, mono_pcm
 
 FRAME_MS = 20            # one Whisper encoder frame
 HPO_CHUNK_MS = 1120      # m = 1
@@ -33,12 +33,7 @@ class AudioFrames:
         self._pcm = np.zeros(0, np.float32)
 
     def push(self, pcm: np.ndarray) -> torch.Tensor:
-        pcm = np.asarray(pcm, dtype=np.float32)
-        if pcm.ndim != 1:
-            raise ValueError(f"push expects mono PCM [n], got shape {pcm.shape}")
-        if not np.isfinite(pcm).all():
-            raise ValueError("PCM holds NaN or infinite samples")
-        self._pcm = np.concatenate([self._pcm, pcm])
+        self._pcm = np.concatenate([self._pcm, mono_pcm(pcm, np.float32)])
         n = len(self._pcm) // self.chunk_samples * self.chunk_samples
         out, self._pcm = self._pcm[:n], self._pcm[n:]
         return torch.from_numpy(out.copy()).reshape(-1, SAMPLES_PER_FRAME)

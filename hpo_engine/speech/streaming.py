@@ -51,6 +51,16 @@ SAMPLES_PER_FRAME = 2 * HOP   # 320 samples = 20 ms per encoder frame
 _HALF = 200                    # half the STFT window: frame t uses samples [160 t - 200, 160 t + 200)
 
 
+def mono_pcm(pcm, dtype) -> np.ndarray:
+    """`pcm` as a 1-D array of `dtype`; a clear error for anything else or for NaN / infinite samples."""
+    pcm = np.asarray(pcm, dtype=dtype)
+    if pcm.ndim != 1:
+        raise ValueError(f"push expects mono PCM [n], got shape {pcm.shape}")
+    if not np.isfinite(pcm).all():
+        raise ValueError("PCM holds NaN or infinite samples")
+    return pcm
+
+
 class StreamingEncoder:
     def __init__(self, encoder: WhisperEncoder, chunk_frames: int = 56, left_context_frames: int = 200,
                  positions: str = "window", right_context_frames: int = 0):
@@ -90,11 +100,7 @@ class StreamingEncoder:
 
     def push(self, pcm: np.ndarray) -> torch.Tensor:
         """Append float PCM [n] (16 kHz); returns the frames of every chunk completed: [k * chunk_frames, d]."""
-        pcm = np.asarray(pcm, dtype=np.float64)
-        if pcm.ndim != 1:
-            raise ValueError(f"push expects mono PCM [n], got shape {pcm.shape}")
-        if not np.isfinite(pcm).all():
-            raise ValueError("PCM holds NaN or infinite samples")
+        pcm = mono_pcm(pcm, np.float64)
         self._pcm = np.concatenate([self._pcm, pcm])
         self.samples_received += len(pcm)
         outs = []
