@@ -278,7 +278,9 @@ def screenshot(out: Path, wav: Path = ROOT / "docs" / "demo_talk.wav") -> None:
     """Serve the embedded default model, stream `wav` through the page, save a PNG of the page."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        server = start_server(tmp, "--max-load", "0", "--idle-timeout-s", "120", token=None)
+        from hpo_engine.sst.default_model import default_sst_path
+        server = start_server(tmp, "--model", str(default_sst_path()), "--max-load", "0", "--idle-timeout-s", "120",
+                              token=None)
         try:
             async def scenario(page):
                 await page.choose_file(wav)
