@@ -179,3 +179,14 @@ def test_build_resumes_and_refuses_other_plans(tiny_build):
     assert [f.stat().st_mtime_ns for f in feats] == stamps and (out / "test.jsonl").read_text() == before
     with pytest.raises(RuntimeError, match="fresh OUT_DIR"):
         demo.build(out, sizes, seed=1, encoder=encoder, progress=False)
+
+
+def test_zh_card_rules_keep_sentences_and_drop_fragments():
+    from hpo_engine.demo.pairs_zh import card_pair
+    card = {"chinese": "他对将来充满希望。", "translation": {"en": "He is full of hope for the future."}}
+    assert card_pair(card) == ("He is full of hope for the future.", "他对将来充满希望。")
+    assert card_pair({**card, "translation": {"en": "Hello!"}}) is None                 # under 3 words
+    assert card_pair({**card, "translation": {"en": "He (or she) is full of hope."}}) is None   # a gloss
+    assert card_pair({**card, "translation": {"en": "he is full of hope."}}) is None    # not a sentence
+    assert card_pair({**card, "chinese": "希望"}) is None                                # no sentence end
+    assert card_pair({"chinese": "好。"}) is None                                        # no English
