@@ -99,7 +99,7 @@ def build_trained_default(out: Path) -> Path:
     if (TRAINED_DIR / Path(ADAPTER_FILE).name).is_file():
         shutil.copy2(TRAINED_DIR / Path(ADAPTER_FILE).name, tmp / ADAPTER_FILE)
     shutil.copy2(TRAINED_DIR / CONFIG_NAME, tmp / CONFIG_NAME)
-    SSTConfig.load(tmp)      # the committed config still matches what was built
+    SSTConfig.load(tmp)      # an invalid committed config fails here, naming its field
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
