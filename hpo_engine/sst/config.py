@@ -32,6 +32,9 @@ class SSTConfig:
     frames_per_chunk: int = 14                # placeholders per full user turn (a CTC bridge: at most)
     left_context_ms: int = 4000               # the streaming encoder's bounded left context
     max_new_tokens: int = 40                  # per assistant turn (40 * m in HPO)
+    # after the last chunk, up to this many turns with no speech while the text stops mid-sentence: the
+    # SFT schedule writes a sentence k chunks after it is heard, so the end of a talk needs k more turns
+    closing_turns: int = 2
     max_cache_tokens: int | None = 2048       # per-stream KV window (turn-aligned eviction; system prompt kept)
     # the checkpoint's chat template, split at the speech: turn 0 = system + user_prefix, later turns =
     # next_user_prefix (ChatML writes "\n" after every <|im_end|>, the one closing the answer included)
@@ -68,6 +71,8 @@ class SSTConfig:
                                  "must be positive")
         if self.max_new_tokens < 1:
             raise SSTConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.closing_turns < 0:
+            raise SSTConfigError(f"closing_turns must be >= 0, got {self.closing_turns}")
         if not self.stop_token_ids:
             raise SSTConfigError("stop_token_ids is empty: nothing would end an assistant turn")
         if self.placeholder_token_id in self.stop_token_ids:

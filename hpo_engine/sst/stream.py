@@ -4,6 +4,8 @@
     the next turn: its embeddings become a user turn (placeholders) appended to the engine stream,
       the assistant turn is generated (batched with other streams by `translate_ready`)
     end()      -> the partial last chunk is flushed into `pending` as a shorter user turn
+    closing turns: after the last chunk's turn, while the text stops mid-sentence, up to
+      `closing_turns` more turns with an empty user turn (the silence after a talk) let the model finish
 
 A stream never generates ahead of its audio: one assistant turn per chunk, in order.
 """
@@ -21,6 +23,9 @@ from hpo_engine.speech.audio import SAMPLE_RATE, pcm16_to_float
 
 from .checkpoint import SSTModel
 from .config import UNSPACED_LANGUAGES
+
+SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")
+CLOSING_QUOTES = "\"'”’»」』"
 from .dialogue import DialogueTokens
 
 
@@ -43,7 +48,7 @@ class PendingChunk:
 
 class SSTStream:
     def __init__(self, model: SSTModel, target_lang: str | None = None, max_new_tokens: int | None = None,
-                 clock=time.perf_counter):
+                 clock=time.perf_counter, closing_turns: int | None = None):
         cfg = model.config
         self.model, self.clock = model, clock
         self.target_lang = target_lang or cfg.default_target_lang
@@ -62,6 +67,9 @@ class SSTStream:
         self.started_at = clock()
         self.encode_seconds = 0.0
         self.in_flight = None       # (PendingChunk, engine job) while a turn runs under step_streams
+        self.closing_turns = cfg.closing_turns if closing_turns is None else closing_turns
+        self.closing_left = self.closing_turns
+        self.last_chunk: PendingChunk | None = None     # the last turn's chunk (closing turns copy its times)
 
     @property
     def audio_ms(self) -> float:
@@ -96,6 +104,8 @@ class SSTStream:
         start = self.clock()
         self._queue(self.frontend.flush(), start, start if arrived_at is None else min(arrived_at, start))
         self.ended = True
+        if not self.pending and self.in_flight is None and self.last_chunk is not None:
+            self._close_sentence(self.last_chunk, waited=False)     # the audio ended on a chunk's edge
 
     def _queue(self, embeds: list[torch.Tensor], start: float, arrived_at: float) -> None:
         self.encode_seconds += self.clock() - start
@@ -129,7 +139,20 @@ class SSTStream:
         delta = TranslationDelta(piece, chunk.audio_ms, (now - self.started_at) * 1000,
                                  (now - chunk.completed_at) * 1000, self.turns_done, list(output.token_ids))
         self.turns_done += 1
+        self.last_chunk = chunk
+        if self.ended and not self.pending:
+            self._close_sentence(chunk, waited=not piece)
         return delta
+
+    def _close_sentence(self, last: PendingChunk, waited: bool) -> None:
+        """After the last chunk's turn: one more turn on no speech while the text stops mid-sentence
+        (not after a closing turn in which the model chose to wait)."""
+        closing = self.closing_left < self.closing_turns
+        if self.closing_left <= 0 or (closing and waited) or not self.text.strip() \
+                or self.text.rstrip().rstrip(CLOSING_QUOTES).endswith(SENTENCE_END):
+            return
+        self.closing_left -= 1
+        self.pending.append(PendingChunk(last.embeds[:0], last.audio_ms, last.completed_at))
 
     def push(self, pcm) -> list[TranslationDelta]:
         """Single-stream convenience: feed, then translate every completed chunk."""
