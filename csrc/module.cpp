@@ -6,5 +6,6 @@ PYBIND11_MODULE(_C, m) {
     register_align(m);
     register_attention_cpu(m);
     register_linear_cpu(m);
+    register_linear_w8a8_cpu(m);
     register_norm_rope_cpu(m);
 }

@@ -6,4 +6,5 @@
 void register_align(pybind11::module_& m);
 void register_attention_cpu(pybind11::module_& m);
 void register_linear_cpu(pybind11::module_& m);
+void register_linear_w8a8_cpu(pybind11::module_& m);
 void register_norm_rope_cpu(pybind11::module_& m);

@@ -5,6 +5,8 @@ import time
 import click
 import torch
 
+from hpo_engine.models.quantize import QUANTIZE_CHOICES
+
 
 def resolve_model(path):
     """--model, or the embedded default (SmolLM2-135M-Instruct built offline from its package)."""
@@ -36,8 +38,9 @@ def main():
 @click.option("--seed", type=int, default=None)
 @click.option("--interactive", "-i", is_flag=True, help="Chat turn after turn on one stream (its KV cache is reused).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Weight-only int8 projections and LM head (CPU; activations stay --dtype).")
+@click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default=None,
+              help="int8 LLM projections and LM head (CPU). int8: weight-only, activations stay --dtype; "
+                   "w8a8: decode steps also round activations to int8 per 64 values (AVX512-VNNI, fastest).")
 def generate(prompt, model_path, system, max_new_tokens, temperature, top_p, top_k, seed, interactive, dtype,
              quantize):
     """Generate a reply to PROMPT (or chat with --interactive)."""

@@ -25,6 +25,7 @@ except Exception:  # noqa: BLE001 - extension not built: F.linear everywhere
 
 _LINEAR = getattr(_C, "linear_small_cpu", None)
 _LINEAR_INT8 = getattr(_C, "linear_int8_cpu", None)
+_LINEAR_W8A8 = getattr(_C, "linear_w8a8_cpu", None)
 AVAILABLE = _LINEAR is not None
 # Rows up to which the kernel beats torch (bench/RESULTS.md, "Small-batch linear"). fp32: decode batches
 # and short turns; prefill-sized GEMMs go to oneDNN. bf16: torch's GEMM uses the CPU's bf16 dot
@@ -108,4 +109,63 @@ def linear_int8(x, qweight, scale, bias=None):
         _LINEAR_INT8(x.data_ptr(), x.stride(0), qweight.data_ptr(), scale.data_ptr(),
                      0 if bias is None else bias.data_ptr(), y.data_ptr(), N, M, N, K,
                      x.dtype == torch.bfloat16, torch.get_num_threads())
+    return y
+
+
+# -- int8 weights and int8 activations (W8A8) ---------------------------------------------------------
+W8A8_BLOCK = 64         # activations share one scale per 64 consecutive values of a row
+W8A8_VNNI = _LINEAR_W8A8 is not None and _C.linear_w8a8_has_vnni()   # else the kernel's plain loop
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] float -> (q int8 [M, K], scale float32 [M, ceil(K / 64)]), x ~= q * scale of its block.
+
+    scale = max|block| / 127 (an all-zero block: 1), q = round-half-even(x / scale), as the kernel does."""
+    M, K = x.shape
+    nb = -(-K // W8A8_BLOCK)
+    xf = torch.zeros(M, nb * W8A8_BLOCK, dtype=torch.float32)
+    xf[:, :K] = x.float()
+    blocks = xf.view(M, nb, W8A8_BLOCK)
+    amax = blocks.abs().amax(dim=2)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(blocks / scale[:, :, None]).clamp_(-127, 127).to(torch.int8)
+    return q.view(M, -1)[:, :K].contiguous(), scale
+
+
+def linear_w8a8_ref(x, qweight, scale, bias=None):
+    """The reference: activations quantized per 64-block (`quantize_activations`), every block's dot
+    product exact (int64), y = scale[n] * sum_b xscale[m, b] * dot[m, n, b] + bias in float64, then x's dtype."""
+    M, K = x.shape
+    xq, xscale = quantize_activations(x)
+    nb = xscale.shape[1]
+    pad = nb * W8A8_BLOCK - K
+    xb = F.pad(xq.long(), (0, pad)).view(M, nb, W8A8_BLOCK)
+    wb = F.pad(qweight.long(), (0, pad)).view(-1, nb, W8A8_BLOCK)
+    dots = torch.einsum("mbk,nbk->mnb", xb, wb).double()
+    y = (dots * xscale.double()[:, None, :]).sum(dim=2) * scale.double()[None, :]
+    if bias is not None:
+        y = y + bias.double()
+    return y.to(x.dtype)
+
+
+def supports_linear_w8a8(x, qweight, scale, bias=None) -> bool:
+    """Whether `linear_w8a8` takes the C++ kernel (the same conditions as the weight-only int8 kernel)."""
+    return _LINEAR_W8A8 is not None and supports_linear_int8(x, qweight, scale, bias)
+
+
+def linear_w8a8(x, qweight, scale, bias=None):
+    """x @ (scale[:, None] * qweight).T + bias with x quantized per 64-block to int8, in x's dtype.
+
+    Decode-sized M (<= MAX_INT8_ROWS): the C++ kernel (csrc/linear_w8a8_cpu.cpp, AVX512-VNNI where the
+    CPU has it). Larger M (prefill) and autograd: the weight-only path on float activations, where a GEMM
+    is compute-bound anyway and activation rounding would buy nothing."""
+    if not supports_linear_w8a8(x, qweight, scale, bias):
+        return linear_int8(x, qweight, scale, bias)
+    M, K = x.shape
+    N = qweight.shape[0]
+    y = torch.empty((M, N), dtype=x.dtype)
+    if M:
+        _LINEAR_W8A8(x.data_ptr(), x.stride(0), qweight.data_ptr(), scale.data_ptr(),
+                     0 if bias is None else bias.data_ptr(), y.data_ptr(), N, M, N, K,
+                     x.dtype == torch.bfloat16, W8A8_VNNI, torch.get_num_threads())
     return y

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from hpo_engine.models.quantize import QUANTIZE_CHOICES
+
 from hpo_engine.sst.default_model import default_model_help
 
 
@@ -62,8 +64,9 @@ def read_token(path: str | None, allow_world_readable: bool = False) -> str | No
               help="torch threads (default: torch's); on a shared, loaded machine 1 often runs faster.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="The LLM's weights and activations.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Weight-only int8 LLM projections (CPU; activations stay --dtype).")
+@click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default=None,
+              help="int8 LLM projections and LM head (CPU). int8: weight-only, activations stay --dtype; "
+                   "w8a8: decode steps also round activations to int8 per 64 values (AVX512-VNNI, fastest).")
 def serve(model_path, host, port, token_file, allow_world_readable_token, allow_origins, max_streams, max_load,
           max_connections_per_address, max_message_bytes, max_connection_buffer_bytes, max_duration_s, max_stream_s,
           min_audio_rate, audio_rate_window_s, idle_timeout_s, max_buffered_ms, max_new_tokens, cache_memory, threads,

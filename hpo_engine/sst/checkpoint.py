@@ -136,7 +136,8 @@ def load_module(module: torch.nn.Module, file: Path) -> torch.nn.Module:
 def open_sst(path=None, device="cpu", dtype=torch.float32, quantize: str | None = None,
              **engine_options) -> SSTModel:
     """Open an SST checkpoint folder (default: the embedded model, built on first use).
-    `quantize="int8"`: weight-only int8 LLM projections, made after the trained adapter is merged.
+    `quantize="int8"` / `"w8a8"`: int8 LLM projections (models/quantize.py), made after the trained
+    adapter is merged.
     `engine_options` go to Engine.from_pretrained (block_size, cache_memory, ...)."""
     from hpo_engine.runtime.engine import Engine
 

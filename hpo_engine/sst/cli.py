@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from hpo_engine.models.quantize import QUANTIZE_CHOICES
+
 from hpo_engine.sst.default_model import default_model_help
 
 
@@ -31,8 +33,9 @@ from hpo_engine.sst.default_model import default_model_help
               help="torch threads (default: torch's); on a shared, loaded machine 1 often runs faster.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="The LLM's weights and activations.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Weight-only int8 LLM projections (CPU; activations stay --dtype).")
+@click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default=None,
+              help="int8 LLM projections and LM head (CPU). int8: weight-only, activations stay --dtype; "
+                   "w8a8: decode steps also round activations to int8 per 64 values (AVX512-VNNI, fastest).")
 def translate(audio, output, model_path, target_lang, references, max_new_tokens, latency_unit, chunk_multiplier,
               threads, dtype, quantize):
     """Simulated streaming translation of AUDIO files (any rate; delays and elapsed in ms)."""
