@@ -208,10 +208,11 @@ def test_page_streams_a_chosen_file_and_plots_its_lag(streamed_file, speech_wav)
     plot, wav_ms = got.plot, len(sf.read(speech_wav)[0]) * 1000 / 16000
     points = plot["points"]
     chunks = -(-int(wav_ms) // CHUNK_MS)
-    assert plot["drawn"] == len(points) == chunks                # one point per chunk translated
+    # one point per chunk translated, then up to 2 closing turns (they finish the last sentence)
+    assert plot["drawn"] == len(points) and chunks <= len(points) <= chunks + 2
     # each point: the audio the server had consumed, and a lag that cannot be negative
-    assert [p["audio_ms"] for p in points[:-1]] == [CHUNK_MS * (k + 1) for k in range(chunks - 1)]
-    assert abs(points[-1]["audio_ms"] - wav_ms) < 0.5
+    assert [p["audio_ms"] for p in points[:chunks - 1]] == [CHUNK_MS * (k + 1) for k in range(chunks - 1)]
+    assert all(abs(p["audio_ms"] - wav_ms) < 0.5 for p in points[chunks - 1:])
     assert all(0 < p["lag_ms"] < DEADLINE_S * 1000 for p in points), points
     for p in points:     # lag: from when the page sent the frame completing that audio to the piece's arrival ...
         sent_at = next(t for ms, t in plot["sends"] if ms >= p["audio_ms"] - 0.001)
@@ -226,7 +227,7 @@ def test_page_streams_a_chosen_file_and_plots_its_lag(streamed_file, speech_wav)
     assert all(any(close(p["pixel"], m) for m in markers) for p in points), [p["pixel"] for p in points]
     # the chunk boundaries (one up to each point, and the origin): dashed lines in their colour
     boundary = rgb(plot["ink"]["chunk"])
-    assert len(plot["boundaries"]) == chunks + 1
+    assert chunks + 1 <= len(plot["boundaries"]) <= len(points) + 1     # closing points end at the last chunk
     for column in plot["boundaries"]:
         pixels = [column[i:i + 4] for i in range(0, len(column), 4)]
         assert sum(close(px, boundary) for px in pixels) > 0.25 * height
@@ -249,9 +250,9 @@ def test_page_downloads_the_session_as_a_simuleval_log(streamed_file, speech_wav
     assert len(delays) == len(elapsed) == len(row["prediction"].split())      # one per word (de)
     assert delays == sorted(delays)                                          # never decrease
     # each word: the audio read when its piece was written, and that plus the piece's lag
-    lag = {p["audio_ms"]: p["lag_ms"] for p in got.plot["points"] if p["text"]}
-    assert set(delays) <= set(lag)
-    assert all(abs(e - (d + lag[d])) < 0.2 for d, e in zip(delays, elapsed))
+    lags = [(p["audio_ms"], p["lag_ms"]) for p in got.plot["points"] if p["text"]]   # closing turns share
+    assert set(delays) <= {ms for ms, _ in lags}                                      # the last audio_ms
+    assert all(any(abs(e - (d + lag)) < 0.2 for ms, lag in lags if ms == d) for d, e in zip(delays, elapsed))
     # the file the scorer reads: one delay per word, no negative time, delays never decreasing
     (ins,) = read_instances_log(got.logs[0], unit="word", monotone_delays=True)
     assert ins.prediction == got.state["out"]
