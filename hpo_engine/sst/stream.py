@@ -23,10 +23,10 @@ from hpo_engine.speech.audio import SAMPLE_RATE, pcm16_to_float
 
 from .checkpoint import SSTModel
 from .config import UNSPACED_LANGUAGES
-
-SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")
-CLOSING_QUOTES = "\"'”’»」』"
 from .dialogue import DialogueTokens
+
+SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")     # of the target text (closing turns stop there)
+CLOSING_QUOTES = "\"'”’»」』"
 
 
 @dataclass
