@@ -1,4 +1,4 @@
-"""Build: the Python package, `kernels/` installed as `hpo_engine.kernels`, and `csrc/*.cpp` as `hpo_engine._C`."""
+"""Build: the Python package (kernels in hpo_engine/kernels/) and `csrc/*.cpp` as `hpo_engine._C`."""
 import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
@@ -17,8 +17,7 @@ ext_modules = [
 ] if sources else []
 
 setup(
-    packages=find_packages(include=["hpo_engine", "hpo_engine.*"]) + ["hpo_engine.kernels"],
-    package_dir={"hpo_engine.kernels": "kernels"},
+    packages=find_packages(include=["hpo_engine", "hpo_engine.*"]),
     # the trained part of the embedded default SST model (a few MB; the base weights come from packages)
     package_data={"hpo_engine.sst": ["default/*.json", "default/*.safetensors"]},
     ext_modules=ext_modules,

@@ -26,14 +26,15 @@ import time
 import traceback
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+KERNELS = REPO / "hpo_engine" / "kernels"
 START = time.time()
 BUDGET_S = 330          # stop optional work past this point (the shell wrapper kills at 350 s)
 
 
 def load_kernels():
-    """Load kernels/ as a package without needing hpo_engine installed (the device copy is bare)."""
-    spec = importlib.util.spec_from_file_location("gpu_check_kernels", REPO / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(REPO / "kernels")])
+    """Load hpo_engine/kernels/ as a package without needing hpo_engine installed (the device copy is bare)."""
+    spec = importlib.util.spec_from_file_location("gpu_check_kernels", KERNELS / "__init__.py",
+                                                  submodule_search_locations=[str(KERNELS)])
     pkg = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = pkg
     spec.loader.exec_module(pkg)
@@ -157,7 +158,7 @@ def check_cuda_graph(torch, attn_mod, results):
 
 def check_engine_graphs(torch, pkg, device, dry, results):
     """Engine decode steps replayed from CUDA graphs vs eager, same model and streams (fp32, greedy)."""
-    sys.modules.setdefault("hpo_engine.kernels", pkg)        # the bare device copy: kernels/ is not installed
+    sys.modules.setdefault("hpo_engine.kernels", pkg)        # the bare device copy: hpo_engine is not installed
     sys.path.insert(0, str(REPO))
     from hpo_engine import Engine, SamplingParams
     from hpo_engine.config import ModelConfig

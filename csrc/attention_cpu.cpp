@@ -1,5 +1,5 @@
 // CPU paged attention and store_kv for the contract in DESIGN.md (Python wrapper and reference:
-// kernels/cpu_paged_attention.py, kernels/reference.py).
+// hpo_engine/kernels/cpu_paged_attention.py, hpo_engine/kernels/reference.py).
 //
 // Layouts: q/out [T, Hq, D] (row strides given), k/v cache [num_blocks, block_size, Hkv, D] with the
 // same (block, slot, head) strides for K and V, block_table [B, max_blocks] int32 (contiguous),

@@ -1,6 +1,6 @@
 // Small-batch linear layer on CPU: y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) for decode-sized M,
 // float32 or bfloat16 (x, w, bias and y share the dtype; accumulation in float32). Python wrapper and
-// the reference it is tested against (F.linear): kernels/cpu_linear.py.
+// the reference it is tested against (F.linear): hpo_engine/kernels/cpu_linear.py.
 //
 // Weight-only int8 variant: w int8 [N, K] with one float32 scale per output row (symmetric,
 // w ~= scale[n] * w_q[n, :]); y[m, n] = scale[n] * (x[m, :] . w_q[n, :]) + bias[n]. The int8 values

@@ -1,7 +1,7 @@
 // Decode-sized linear layer with int8 weights AND int8 activations (W8A8) on CPU, for M <= 64 rows:
 //   x [M, K] float32 or bfloat16 is quantized per row in blocks of 64 (scale s = max|block| / 127,
 //   q = round-half-even(x / s)), then y[m, n] = wscale[n] * sum_b s[m, b] * (xq[m, b, :] . w[n, b, :])
-//   + bias[n], the block dots exact in int32. Python wrapper and reference: kernels/cpu_linear.py
+//   + bias[n], the block dots exact in int32. Python wrapper and reference: hpo_engine/kernels/cpu_linear.py
 //   (`linear_w8a8`, `linear_w8a8_ref`).
 //
 // Why: the weight-only kernel (linear_cpu.cpp) widens every int8 weight to float (3 instructions per

@@ -1,5 +1,5 @@
 // RMSNorm and rotary embedding of CPU inference, each one call per layer instead of the ~8 and ~7 torch
-// ops of their references (kernels/cpu_norm_rope.py, which holds the references they are tested
+// ops of their references (hpo_engine/kernels/cpu_norm_rope.py, which holds the references they are tested
 // against). At decode sizes those ops cost more in dispatch than in arithmetic: a SmolLM2 decoded token
 // issued about 2,300 aten calls with the references, 720 with these (bench/decode_ops.py).
 //

@@ -1,4 +1,4 @@
-"""The CPU linear layers (kernels/cpu_linear.py) against float64 F.linear: the C++ small-batch kernel,
+"""The CPU linear layers (hpo_engine/kernels/cpu_linear.py) against float64 F.linear: the C++ small-batch kernel,
 oneDNN's float32 GEMM above it, and the weight-only int8 kernel (on its dequantized weight)."""
 import itertools
 

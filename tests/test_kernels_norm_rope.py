@@ -1,4 +1,4 @@
-"""RMSNorm and rotary embedding (kernels/cpu_norm_rope.py, csrc/norm_rope_cpu.cpp) against their
+"""RMSNorm and rotary embedding (hpo_engine/kernels/cpu_norm_rope.py, csrc/norm_rope_cpu.cpp) against their
 PyTorch references on fresh random inputs, odd sizes included."""
 import pytest
 import torch

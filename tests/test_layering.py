@@ -1,6 +1,6 @@
 """The package's layering, read from the source with `ast` (nothing is imported): lower layers never
-import upper ones, and the engine's functions stay short. `kernels/` is the package
-`hpo_engine.kernels` (setup.py package_dir)."""
+import upper ones, and the engine's functions stay short. The kernels live in
+hpo_engine/kernels/."""
 import ast
 import subprocess
 import sys
@@ -22,12 +22,9 @@ SHORT_FUNCTION_PACKAGES = ("hpo_engine/runtime", "hpo_engine/cache")
 
 
 def modules():
-    """(module name, path) of every module under hpo_engine/ and kernels/."""
+    """(module name, path) of every module under hpo_engine/."""
     for path in sorted((ROOT / "hpo_engine").rglob("*.py")):
         parts = path.relative_to(ROOT).with_suffix("").parts
-        yield ".".join(parts[:-1] if parts[-1] == "__init__" else parts), path
-    for path in sorted((ROOT / "kernels").rglob("*.py")):
-        parts = ("hpo_engine",) + path.relative_to(ROOT).with_suffix("").parts
         yield ".".join(parts[:-1] if parts[-1] == "__init__" else parts), path
 
 
@@ -73,7 +70,7 @@ def test_no_upward_imports(layer, forbidden):
 
 def test_the_walk_sees_relative_and_lazy_imports():
     """The checker itself: relative imports resolve, and imports inside functions count."""
-    names = imported("hpo_engine.kernels", ROOT / "kernels" / "__init__.py")
+    names = imported("hpo_engine.kernels", ROOT / "hpo_engine" / "kernels" / "__init__.py")
     assert "hpo_engine.kernels.cpu_linear" in names and "hpo_engine.kernels.triton_paged_attention" in names
 
 
@@ -107,3 +104,19 @@ def test_importing_the_extension_loads_no_engine():
             "print(sorted(m for m in sys.modules if m.startswith(('hpo_engine.runtime', 'hpo_engine.models'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_repository_root_holds_no_python_package_but_hpo_engine():
+    """`python -m ...` from the root puts it first on sys.path, so a top-level package there shadows
+    an installed one of the same name (a top-level `kernels/` broke transformers 5.25, which imports
+    Hugging Face's `kernels`)."""
+    packages = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+    assert packages == ["hpo_engine"], packages
+
+
+def test_transformers_imports_from_the_repository_root():
+    """The same shadowing, end to end: transformers' Whisper (which reaches the `kernels` hub
+    integration) imports with the root first on sys.path, as under `python -m pytest`."""
+    code = "import transformers.models.whisper.modeling_whisper"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]

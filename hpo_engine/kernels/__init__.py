@@ -2,10 +2,9 @@
 `linear_int8`, the CPU linear layers of inference (cpu_linear.py); `rms_norm` and `rope`, one C++ call
 each at CPU inference (cpu_norm_rope.py).
 
-This folder sits at the top of the repository (the project's layout) but is imported as
-`hpo_engine.kernels`: setup.py maps the package name to this folder (`package_dir=
-{"hpo_engine.kernels": "kernels"}`), and the editable install resolves it the same way. Nothing here
-imports the runtime or the models.
+Nothing here imports the runtime or the models. The folder lives inside the package, not at the
+top of the repository: a top-level `kernels/` shadows Hugging Face's `kernels`, which transformers
+(>= 5.25) imports, whenever the repository root is on sys.path (`python -m pytest`, `python -m ...`).
 
 Dispatch: CUDA tensors -> Triton; CPU tensors -> the C++ path (csrc/attention_cpu.cpp) where it
 supports the dtype / head_dim and a call has at most CPP_MAX_QUERIES_PER_SEQ query rows per sequence
