@@ -1,7 +1,7 @@
 """How many concurrent real-time streams `hpo-engine serve` sustains, and one stream's computation overhead.
 
 Run:    .venv/bin/python bench/bench_serve.py [--streams 1,2,4,8,16] [--max-new-tokens N] [--threads T]
-            [--json out.json]
+            [--quantize int8|w8a8] [--json out.json]
         .venv/bin/python bench/bench_serve.py --at-capacity [--threads T]    (admission, below)
 
 Setup: the embedded default model (since 2026-12-03 Whisper tiny.en as transcriber + Qwen2.5-0.5B with
@@ -52,7 +52,8 @@ def speech_pcm() -> bytes:
     return float_to_pcm16(np.tile(load_audio(SPEECH), REPEAT))
 
 
-def start_server(tmp: Path, max_new_tokens: int | None, admission: bool = False) -> tuple[subprocess.Popen, int]:
+def start_server(tmp: Path, max_new_tokens: int | None, admission: bool = False,
+                 quantize: str | None = None) -> tuple[subprocess.Popen, int]:
     """A `serve` subprocess. Without `admission` it takes every stream (to find where it falls behind);
     with it, its defaults decide (capacity measured at start, --max-load 0.8). All clients here share
     one address: the per-address connection limit is lifted either way."""
@@ -63,6 +64,8 @@ def start_server(tmp: Path, max_new_tokens: int | None, admission: bool = False)
         args += ["--max-streams", "256", "--max-load", "0"]
     if max_new_tokens:
         args += ["--max-new-tokens", str(max_new_tokens)]
+    if quantize:
+        args += ["--quantize", quantize]
     proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     while True:
@@ -163,13 +166,13 @@ async def at_capacity(port: int, pcm: bytes, chunk_ms: float) -> dict:
     return out
 
 
-def single_stream_overhead(max_new_tokens: int | None, tmp: Path) -> dict:
+def single_stream_overhead(max_new_tokens: int | None, tmp: Path, quantize: str | None = None) -> dict:
     from hpo_engine.metrics.scoring import score_shortform
     from hpo_engine.speech.audio import load_audio
     from hpo_engine.sst import open_sst
     from hpo_engine.sst.simulate import simulate
 
-    model = open_sst()
+    model = open_sst(quantize=quantize)
     inst = simulate(model, np.tile(load_audio(SPEECH), REPEAT), "de", max_new_tokens)
     log = tmp / "instances.log"
     log.write_text(json.dumps(inst.to_log(0, reference=" ".join([REFERENCE] * REPEAT))) + "\n")
@@ -180,6 +183,7 @@ def single_stream_overhead(max_new_tokens: int | None, tmp: Path) -> dict:
 
 
 def main() -> None:
+    from hpo_engine.models.quantize import QUANTIZE_CHOICES
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--streams", default="1,2,4,8,16", help="stream counts to try, ascending")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default: the checkpoint's)")
@@ -189,6 +193,8 @@ def main() -> None:
                     help="instead: the server's own admission (defaults); capacity streams + one more")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (server: OMP_NUM_THREADS); on a shared loaded machine 1 suffers less")
+    ap.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                    help="int8 LLM projections in the server and the simulation (serve --quantize)")
     args = ap.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)     # inherited by the server process
@@ -199,12 +205,12 @@ def main() -> None:
     chunk_ms = SSTConfig.load(default_sst_path()).chunk_ms
     pcm = speech_pcm()
     out = {"audio_s": len(pcm) / 32000, "chunk_ms": chunk_ms, "max_new_tokens": args.max_new_tokens,
-           "threads": args.threads,
+           "threads": args.threads, "quantize": args.quantize,
            "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg(), "levels": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.at_capacity:
-            proc, port = start_server(tmp, args.max_new_tokens, admission=True)
+            proc, port = start_server(tmp, args.max_new_tokens, admission=True, quantize=args.quantize)
             try:
                 out["at_capacity"] = asyncio.run(at_capacity(port, pcm, chunk_ms))
             finally:
@@ -215,9 +221,9 @@ def main() -> None:
                 Path(args.json).write_text(json.dumps(out, indent=1))
             return
         if not args.skip_single:
-            out["single_stream"] = single_stream_overhead(args.max_new_tokens, tmp)
+            out["single_stream"] = single_stream_overhead(args.max_new_tokens, tmp, args.quantize)
             print(json.dumps(out["single_stream"]), flush=True)
-        proc, port = start_server(tmp, args.max_new_tokens)
+        proc, port = start_server(tmp, args.max_new_tokens, quantize=args.quantize)
         try:
             for n in (int(x) for x in args.streams.split(",")):
                 level = asyncio.run(run_level(port, pcm, n, chunk_ms))
