@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpo_engine.kernels import linear
+
 EOT = 50256                  # <|endoftext|>, both English-only and multilingual vocabularies
 SOT_EN = 50257               # <|startoftranscript|> of the .en vocabulary (multilingual: 50258)
 NO_TIMESTAMPS_EN = 50362     # <|notimestamps|> of the .en vocabulary (multilingual: 50363)
@@ -66,12 +68,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
         # causal with a cache: query i sits at position len(k) - len(x) + i
+        # Written out rather than F.scaled_dot_product_attention: at these sizes (a few queries against
+        # up to 13 s of frames) torch's CPU SDPA cost 1.3-3x the three ops (bench/RESULTS.md, 2026-12-03).
         q = self.heads(self.q_proj(x))
-        mask = None
+        scores = (q @ k.transpose(1, 2)) * q.shape[-1] ** -0.5
         if causal and x.shape[0] > 1:
             n, m = x.shape[0], k.shape[1]
-            mask = torch.ones(n, m, dtype=torch.bool, device=x.device).tril(m - n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            scores = scores.masked_fill(~torch.ones(n, m, dtype=torch.bool, device=x.device).tril(m - n), float("-inf"))
+        out = scores.softmax(-1) @ v
         return self.out_proj(out.transpose(0, 1).reshape(x.shape[0], -1))
 
 
@@ -113,13 +117,22 @@ class WhisperTextDecoder(nn.Module):
         """Encoder frames [T, d] -> each layer's cross-attention keys and values (once per transcription)."""
         return [layer.encoder_attn.keys_values(frames) for layer in self.layers]
 
-    def forward(self, tokens: torch.Tensor, start: int, caches: list[list[torch.Tensor]],
-                cross: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """tokens [n] at positions start.. -> logits [n, vocab]; `caches` (one list per layer) grow by n."""
+    def hidden(self, tokens: torch.Tensor, start: int, caches: list[list[torch.Tensor]],
+               cross: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """tokens [n] at positions start.. -> final hidden states [n, d]; `caches` (one list per layer) grow by n."""
         x = self.embed_tokens(tokens) + self.embed_positions.weight[start:start + len(tokens)]
         for layer, cache, kv in zip(self.layers, caches, cross):
             x = layer(x, cache, kv)
-        return self.layer_norm(x) @ self.embed_tokens.weight.T
+        return self.layer_norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # the tied head reads 51,864 x d weights per call (80 MB in fp32 for tiny): only the rows needed
+        return linear(hidden, self.embed_tokens.weight)
+
+    def forward(self, tokens: torch.Tensor, start: int, caches: list[list[torch.Tensor]],
+                cross: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """tokens [n] at positions start.. -> logits [n, vocab]; `caches` (one list per layer) grow by n."""
+        return self.logits(self.hidden(tokens, start, caches, cross))
 
     @torch.inference_mode()
     def transcribe(self, frames: torch.Tensor, prefix: list[int] = (), max_new_tokens: int = 64,
@@ -136,10 +149,11 @@ class WhisperTextDecoder(nn.Module):
             raise ValueError(f"prefix of {len(prefix)} tokens leaves no room in {self.cfg.max_positions} positions")
         cross = self.cross_keys_values(frames)
         caches: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        prompt_logits = self(torch.tensor(prompt, device=frames.device), 0, caches, cross)
-        if float(prompt_logits[0].softmax(-1)[self.cfg.no_speech]) > no_speech_threshold:
+        h = self.hidden(torch.tensor(prompt, device=frames.device), 0, caches, cross)
+        first, logits = self.logits(h[[0, -1]])        # SOT's row (the silence test) and the last row
+        if float(first.softmax(-1)[self.cfg.no_speech]) > no_speech_threshold:
             return []
-        logits, seen, out = prompt_logits[-1], list(prefix), []
+        seen, out = list(prefix), []
         for _ in range(min(max_new_tokens, room)):
             token = int(logits[: self.cfg.eot + 1].argmax())      # text tokens and EOT only
             if token == self.cfg.eot:
