@@ -102,13 +102,18 @@ def linear_int8(x, qweight, scale, bias=None):
     """x @ (scale[:, None] * qweight).T + bias in x's dtype (float32 or bfloat16)."""
     if not supports_linear_int8(x, qweight, scale, bias):
         return linear(x, dequantize_int8(qweight, scale, x.dtype), bias)
+    return _int8_kernel(_LINEAR_INT8, x, qweight, scale, bias)
+
+
+def _int8_kernel(kernel, x, qweight, scale, bias, *flags):
+    """y [M, N] = kernel(x [M, K] rows at stride x.stride(0), int8 weight [N, K], scale [N], bias [N])."""
     M, K = x.shape
     N = qweight.shape[0]
     y = torch.empty((M, N), dtype=x.dtype)
     if M:
-        _LINEAR_INT8(x.data_ptr(), x.stride(0), qweight.data_ptr(), scale.data_ptr(),
-                     0 if bias is None else bias.data_ptr(), y.data_ptr(), N, M, N, K,
-                     x.dtype == torch.bfloat16, torch.get_num_threads())
+        kernel(x.data_ptr(), x.stride(0), qweight.data_ptr(), scale.data_ptr(),
+               0 if bias is None else bias.data_ptr(), y.data_ptr(), N, M, N, K,
+               x.dtype == torch.bfloat16, *flags, torch.get_num_threads())
     return y
 
 
@@ -161,11 +166,4 @@ def linear_w8a8(x, qweight, scale, bias=None):
     is compute-bound anyway and activation rounding would buy nothing."""
     if not supports_linear_w8a8(x, qweight, scale, bias):
         return linear_int8(x, qweight, scale, bias)
-    M, K = x.shape
-    N = qweight.shape[0]
-    y = torch.empty((M, N), dtype=x.dtype)
-    if M:
-        _LINEAR_W8A8(x.data_ptr(), x.stride(0), qweight.data_ptr(), scale.data_ptr(),
-                     0 if bias is None else bias.data_ptr(), y.data_ptr(), N, M, N, K,
-                     x.dtype == torch.bfloat16, W8A8_VNNI, torch.get_num_threads())
-    return y
+    return _int8_kernel(_LINEAR_W8A8, x, qweight, scale, bias, W8A8_VNNI)
