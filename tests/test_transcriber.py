@@ -67,6 +67,41 @@ def test_transcribe_is_greedy_decoding_of_the_reference():
     assert ours.transcribe(frames, prefix, max_new_tokens=9, repeat_ngram=0) == expect
 
 
+@pytest.mark.parametrize("seed", [3, 11])
+def test_a_draft_changes_no_output_and_a_right_one_saves_the_steps(seed, monkeypatch):
+    """transcribe(draft=...) is greedy decoding whatever the draft (right, a prefix of it, wrong from
+    some token on, too long, garbage, hitting the budget); a right draft costs one forward."""
+    _, ours = hf_whisper(seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    frames, prefix = torch.randn(19, 48, generator=g), [318, 257, 1000]
+    for budget in (14, 5):
+        expect = ours.transcribe(frames, prefix, max_new_tokens=budget, repeat_ngram=0)
+        assert len(expect) >= 3, expect          # the cases below need a few tokens to guess
+        wrong = [t + 1 for t in expect]
+        drafts = [expect, expect[:2], expect[:2] + wrong[2:], wrong, expect + [7, 8, 9],
+                  torch.randint(0, 50000, (9,), generator=g).tolist(), [], expect[:1] + [ours.cfg.eot]]
+        for draft in drafts:
+            got = ours.transcribe(frames, prefix, max_new_tokens=budget, repeat_ngram=0, draft=draft)
+            assert got == expect, (budget, draft)
+    calls = []
+    monkeypatch.setattr(ours, "hidden", lambda *a, _h=ours.hidden: calls.append(1) or _h(*a))
+    expect = ours.transcribe(frames, prefix, max_new_tokens=14, repeat_ngram=0)
+    plain, calls[:] = len(calls), []
+    assert ours.transcribe(frames, prefix, max_new_tokens=14, repeat_ngram=0, draft=expect) == expect
+    assert len(calls) == 1 and plain == len(expect) + (len(expect) < 14)
+
+
+def test_a_draft_keeps_the_repeated_ngram_rule():
+    _, ours = hf_whisper(seed=5)
+    with torch.no_grad():   # a decoder that always says token 42 (as below)
+        ours.layer_norm.weight.zero_()
+        ours.layer_norm.bias.copy_(torch.ones(48))
+        ours.embed_tokens.weight[42] = 100.0
+    frames = torch.randn(9, 48)
+    for draft in ([42] * 6, [42, 42, 7], [7]):
+        assert ours.transcribe(frames, [], max_new_tokens=20, repeat_ngram=3, draft=draft) == [42]
+
+
 def test_transcribe_drops_a_repeated_ngram():
     _, ours = hf_whisper(seed=5)
     with torch.no_grad():   # a decoder that always says token 42: constant final state, aligned with its row
@@ -162,6 +197,25 @@ def test_tiny_en_hears_the_talk_and_rows_spell_the_committed_words(tiny_en):
         assert word_errors(words, talk) < 0.4, words
         heard.append(words)
     assert heard[0] != heard[1]
+
+
+@needs_tiny_en
+def test_tiny_en_commits_the_same_words_with_and_without_the_draft(tiny_en, monkeypatch):
+    """The served stream guesses each decode with its last hypothesis; what it commits is the same as
+    plain greedy decoding's, in fewer decoder forwards."""
+    encoder, transcriber, _ = tiny_en
+    wave = speak(TALKS[0])
+    calls = []
+    hidden = transcriber.decoder.hidden
+    monkeypatch.setattr(transcriber.decoder, "hidden", lambda *a: calls.append(1) or hidden(*a))
+    rows, words = serve(encoder, transcriber, wave)
+    with_draft, calls[:] = len(calls), []
+    hear = transcriber.hear
+    monkeypatch.setattr(transcriber, "hear", lambda audio, prefix, draft=(): hear(audio, prefix))
+    plain_rows, plain_words = serve(encoder, transcriber, wave)
+    assert words == plain_words
+    torch.testing.assert_close(torch.cat(rows), torch.cat(plain_rows))
+    assert with_draft < len(calls), (with_draft, len(calls))
 
 
 @needs_tiny_en

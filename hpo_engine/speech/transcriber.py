@@ -74,6 +74,7 @@ class TranscriberState:
     text: list[str] = field(default_factory=list)          # every committed word, spelled (" word")
     previous: list[str] = field(default_factory=list)      # the last hypothesis's new words
     previous_closed: bool = False                          # whether it ended at EOT (not cut by the budget)
+    previous_ids: list[int] = field(default_factory=list)  # its Whisper ids: the next decode's draft
 
     @property
     def pending(self) -> bool:
@@ -118,13 +119,14 @@ class WhisperTranscriber(nn.Module):
         mel = log_mel_spectrogram(torch.from_numpy(wave))[None].to(w.device, w.dtype)
         return self.encoder(mel)[0]
 
-    def hear(self, audio: np.ndarray, prefix: list[list[int]]) -> tuple[list[list[int]], bool]:
+    def hear(self, audio: np.ndarray, prefix: list[list[int]], draft: list[int] = ()) -> tuple[list[list[int]], bool]:
         """The words heard in the segment after the forced `prefix` (Whisper ids per word) and whether
-        the decoder ended them itself (EOT) rather than the budget."""
+        the decoder ended them itself (EOT) rather than the budget. `draft`: a guess of the ids (the
+        last hypothesis's uncommitted words), which only saves decoder steps where it is right."""
         forced = [t for w in prefix for t in w]
         budget = max(0, int(self.cfg.tokens_per_second * len(audio) / SAMPLE_RATE) + 4 - len(forced))
         ids = self.decoder.transcribe(self.encode(audio).to(self.decoder.embed_tokens.weight), forced,
-                                      max_new_tokens=budget)
+                                      max_new_tokens=budget, draft=draft)
         words: list[list[int]] = []
         for t in ids:       # a word starts at each token that begins with a space (byte-level BPE's \u0120)
             if not words or self.whisper_tokenizer.id_to_token(t).startswith("\u0120"):
@@ -148,13 +150,14 @@ class WhisperTranscriber(nn.Module):
         if not len(state.audio):
             ids, closed = [], True
         else:
-            ids, closed = self.hear(state.audio, state.prefix)
+            ids, closed = self.hear(state.audio, state.prefix, state.previous_ids)
         heard = [self.spell(w) for w in ids]
         skip = overlap_end(state.text[-self.cfg.max_overlap:], heard) if state.after_cut else 0
         ids, heard = ids[skip:], heard[skip:]
         agreed = heard if final else agreement(state.previous, heard, state.previous_closed and closed)
         state.prefix += ids[:len(agreed)]
         state.previous, state.previous_closed = heard[len(agreed):], closed
+        state.previous_ids = [t for w in ids[len(agreed):] for t in w]
         state.after_cut = state.after_cut and not agreed
         rows = self.rows(agreed, state)
         self.cut(state)
@@ -176,6 +179,7 @@ class WhisperTranscriber(nn.Module):
             return
         state.audio = state.audio[-keep:]
         state.prefix, state.previous, state.previous_closed, state.after_cut = [], [], False, True
+        state.previous_ids = []
 
     def rows(self, words: list[str], state: TranscriberState) -> torch.Tensor:
         text = "".join(words)
