@@ -62,3 +62,24 @@ def test_chunk_multiplier_writes_at_multiples_of_the_longer_chunk(tmp_path):
     assert all(d % chunk == 0 or d == pytest.approx(row["source_length"], abs=1) for d in row["delays"])
     result = CliRunner().invoke(translate, [str(wav), "-o", str(out), "-m", "0"])
     assert result.exit_code == 2 and "chunk-multiplier" in result.output
+
+
+def test_closing_turns_option_reaches_the_stream(tmp_path, monkeypatch):
+    from hpo_engine.sst import simulate as simulate_module
+    seen = []
+
+    class Recording(simulate_module.SSTStream):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.closing_turns)
+
+    monkeypatch.setattr(simulate_module, "SSTStream", Recording)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, espeak_wave("Hello there."), 16000)
+    for option, expect in (([], 2), (["--closing-turns", "0"], 0), (["--closing-turns", "5"], 5)):
+        result = CliRunner().invoke(translate, [str(wav), "-o", str(tmp_path / "o.log"), "--max-new-tokens", "2",
+                                                *option])
+        assert result.exit_code == 0, result.output
+        assert seen[-1] == expect
+    result = CliRunner().invoke(translate, [str(wav), "-o", str(tmp_path / "o.log"), "--closing-turns", "-1"])
+    assert result.exit_code == 2 and "closing-turns" in result.output

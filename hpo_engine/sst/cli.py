@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -36,8 +37,11 @@ from hpo_engine.sst.default_model import default_model_help
 @click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default=None,
               help="int8 LLM projections and LM head (CPU). int8: weight-only, activations stay --dtype; "
                    "w8a8: decode steps also round activations to int8 per 64 values (AVX512-VNNI, fastest).")
+@click.option("--closing-turns", type=click.IntRange(min=0), default=None,
+              help="Turns without speech after the last chunk while the text stops mid-sentence "
+                   "(default: the checkpoint's sst_config.json, 2 if it names none).")
 def translate(audio, output, model_path, target_lang, references, max_new_tokens, latency_unit, chunk_multiplier,
-              threads, dtype, quantize):
+              threads, dtype, quantize, closing_turns):
     """Simulated streaming translation of AUDIO files (any rate; delays and elapsed in ms)."""
     from tqdm import tqdm
 
@@ -66,6 +70,8 @@ def translate(audio, output, model_path, target_lang, references, max_new_tokens
     try:
         model = open_sst(model_path, dtype=getattr(torch, dtype), quantize=quantize)
         model.config = model.config.with_chunk_multiplier(chunk_multiplier)
+        if closing_turns is not None:
+            model.config = dataclasses.replace(model.config, closing_turns=closing_turns)
         if target_lang is not None:
             model.config.instruction(target_lang)     # an unknown language fails before any work
     except (SSTConfigError, FileNotFoundError) as e:
